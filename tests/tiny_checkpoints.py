@@ -1,0 +1,86 @@
+"""Small random-weight model files in ComfyUI's own formats, made by the tests themselves.
+
+The SD1.5 checkpoint keeps what ComfyUI's detection looks at (320 model channels,
+context_dim 768, no `adm`, the CLIP-L text encoder, a VAE) and shrinks the rest: one
+UNet level with one res block, and a TAESD-format VAE.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+
+def _fill(sd: dict[str, torch.Tensor], seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """Deterministic weights: norms at 1, biases at 0, the rest small Gaussian."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in sd.items():
+        if not t.is_floating_point():
+            out[name] = t.clone()
+        elif "norm" in name and name.endswith(".weight") and t.ndim == 1:
+            out[name] = torch.ones_like(t, dtype=torch.float32)
+        elif name.endswith(".bias"):
+            out[name] = torch.zeros_like(t, dtype=torch.float32)
+        else:
+            out[name] = torch.randn(t.shape, generator=g) * std
+    return out
+
+
+def tiny_sd15_unet() -> torch.nn.Module:
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    return UNetModel(
+        image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=1,
+        channel_mult=(1,), num_heads=8, use_spatial_transformer=True, transformer_depth=[1],
+        transformer_depth_middle=1, transformer_depth_output=[1, 1], context_dim=768,
+        use_linear_in_transformer=False, legacy=False,
+    )
+
+
+def write_tiny_sd15_checkpoint(path: Path, seed: int = 0) -> Path:
+    import comfy.sd1_clip
+    import comfy.taesd.taesd
+
+    sd = {}
+    for k, v in _fill(tiny_sd15_unet().state_dict(), seed).items():
+        sd[f"model.diffusion_model.{k}"] = v.half()
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16)
+    for k, v in _fill(clip.transformer.state_dict(), seed + 1).items():
+        sd[f"cond_stage_model.transformer.{k}"] = v.half()
+    taesd = comfy.taesd.taesd.TAESD()
+    for k, v in _fill(taesd.state_dict(), seed + 2, std=0.1).items():
+        sd[f"first_stage_model.{k}"] = v.half()
+    safetensors.torch.save_file(sd, str(path))
+    return path
+
+
+def attention_lora_keys() -> list[tuple[str, tuple[int, int]]]:
+    """Kohya-style LoRA base names and (out, in) shapes for the tiny UNet's attention projections."""
+    keys = []
+    for name, module in tiny_sd15_unet().named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attn" in name:
+            keys.append(("lora_unet_" + name.replace(".", "_"), tuple(module.weight.shape)))
+    return keys
+
+
+def write_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 1.0) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for base, (out_f, in_f) in attention_lora_keys():
+        sd[f"{base}.lora_down.weight"] = torch.randn(rank, in_f, generator=g) * scale
+        sd[f"{base}.lora_up.weight"] = torch.randn(out_f, rank, generator=g) * scale
+        sd[f"{base}.alpha"] = torch.tensor(float(rank))
+    safetensors.torch.save_file(sd, str(path))
+    return path
+
+
+def write_foreign_lora(path: Path) -> Path:
+    """A LoRA for another architecture (Flux-style transformer keys): nothing matches an SD1.5 UNet."""
+    sd = {
+        "transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 64),
+        "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 4),
+    }
+    safetensors.torch.save_file(sd, str(path))
+    return path
