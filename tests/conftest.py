@@ -1,4 +1,5 @@
 """Test setup: the real ComfyUI host on the import path, and a real ComfyUI server fixture."""
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -31,3 +32,15 @@ def comfy_server():
     finally:
         server.stop()
         remove_base_dir(base)
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """This pack imported in-process as ComfyUI imports it: a package named after its folder."""
+    spec = importlib.util.spec_from_file_location(
+        "comfyui_spare", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_spare"] = module
+    spec.loader.exec_module(module)
+    return module

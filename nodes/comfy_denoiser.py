@@ -1,0 +1,101 @@
+"""A ComfyUI MODEL + CLIP seen as spare_engine's `Denoiser`.
+
+The engine works on a clone of the user's ModelPatcher, loaded through ComfyUI's model
+management; the user's MODEL object and its weights are never changed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import comfy.model_base
+import comfy.model_management
+import comfy.model_sampling
+
+from ..spare_engine.denoiser import Conditioning
+
+# Pixel resolution each model family was trained at; erasure data is generated there.
+NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "SpareDemo": 128}
+
+
+def _autograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    # ComfyUI loads weights inside torch.inference_mode(); autograd cannot save such tensors
+    # for backward, so while gradients are on, layers compute with a normal copy.
+    if torch.is_grad_enabled() and torch.is_inference(weight):
+        return weight.clone()
+    return weight
+
+
+def model_family(model) -> str:
+    return type(model.model.model_config).__name__
+
+
+class ComfyDenoiser:
+    """eps-prediction view of a ComfyUI UNet model (SD1.x, SDXL, the demo model)."""
+
+    def __init__(self, model, clip, resolution: int | None = None):
+        family = model_family(model)
+        sampling = model.model.model_sampling
+        eps_model = model.model.model_type == comfy.model_base.ModelType.EPS
+        if not eps_model or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+            raise ValueError(
+                f"model: {family} is not supported; SPARE needs an eps-prediction UNet on a discrete "
+                "1000-step schedule (SD1.x, SDXL, the SPARE demo model)."
+            )
+        if not hasattr(model.model, "diffusion_model") or not hasattr(model.model.diffusion_model, "input_blocks"):
+            raise ValueError(f"model: {family} is not supported; SPARE needs a UNet (SD1.x, SDXL, the demo model).")
+        if clip is None:
+            raise ValueError("clip: this checkpoint has no text encoder; connect a CLIP.")
+
+        self.patcher = model.clone()
+        for name, param in self.patcher.model.diffusion_model.named_parameters():
+            self.patcher.add_weight_wrapper(f"diffusion_model.{name}", _autograd_weight)
+        self.clip = clip
+        self.module: nn.Module = self.patcher.model
+        resolution = resolution or NATIVE_RESOLUTION.get(family, 512)
+        latent_format = self.patcher.model.latent_format
+        self.latent_shape = (latent_format.latent_channels, resolution // 8, resolution // 8)
+        self.resolution = resolution
+        self.alphas_cumprod = (1.0 / (1.0 + sampling.sigmas.float() ** 2)).cpu()
+        self.device = comfy.model_management.get_torch_device()
+        base = self.patcher.model
+        self.dtype = base.manual_cast_dtype or base.get_dtype()
+
+    def load(self) -> None:
+        """Put the model (with the wrappers above) on the compute device, all of it."""
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        extra = {"y": cond.tensors["y"].to(self.dtype)} if "y" in cond.tensors else {}
+        eps = self.patcher.model.diffusion_model(
+            x_t.to(self.dtype), t.to(self.device).float(), context=cond.tensors["context"].to(self.dtype), **extra
+        )
+        return eps.float()
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        contexts, ys = [], []
+        for prompt in prompts:
+            context, pooled = self.clip.encode_from_tokens(self.clip.tokenize(prompt), return_pooled=True)
+            contexts.append(context)
+            adm = self.patcher.model.encode_adm(
+                pooled_output=pooled, width=self.resolution, height=self.resolution,
+                target_width=self.resolution, target_height=self.resolution, device=self.device,
+            )
+            if adm is not None:
+                ys.append(adm)
+        # Prompts over 75 tokens give longer contexts; repeat each to a common length, as ComfyUI does.
+        length = math.lcm(*(c.shape[1] for c in contexts))
+        context = torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts])
+        tensors = {"context": context}
+        if ys:
+            tensors["y"] = torch.cat(ys)
+        return Conditioning(tensors).to(self.device, torch.float32)
+
+    def adaptable_modules(self) -> dict[str, nn.Module]:
+        return {
+            f"diffusion_model.{name}": m
+            for name, m in self.patcher.model.diffusion_model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))
+        }

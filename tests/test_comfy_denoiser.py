@@ -1,0 +1,69 @@
+"""The ComfyUI side of the engine's Denoiser protocol, in-process on a real ComfyUI model."""
+import pytest
+import torch
+
+import comfy.model_management
+import comfy.sd
+
+import tiny_checkpoints
+from spare_engine.denoiser import weights_hash
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    path = tiny_checkpoints.write_tiny_sd15_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    with torch.inference_mode():  # as ComfyUI's executor loads it
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path))
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def denoiser_cls(pack):
+    import comfyui_spare.nodes.comfy_denoiser
+    return comfyui_spare.nodes.comfy_denoiser.ComfyDenoiser
+
+
+def test_eps_matches_comfyui_own_denoising(sd15, denoiser_cls):
+    model, clip = sd15
+    d = denoiser_cls(model, clip, resolution=64)
+    d.load()
+    cond = d.encode_prompts(["a red circle", "a blue square"])
+    assert cond.tensors["context"].shape == (2, 77, 768)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, *d.latent_shape, generator=g)
+    eps = torch.randn(2, *d.latent_shape, generator=g)
+    t = torch.tensor([100, 700])
+    ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    with torch.no_grad():
+        ours = d.predict_eps(x_t, t, cond)
+        # ComfyUI's own path: k-diffusion scaling, sigma in, denoised x0 out.
+        sigma = d.patcher.model.model_sampling.sigmas[t]
+        x_k = x_t / ab.sqrt()
+        denoised = d.patcher.model.apply_model(x_k, sigma, c_crossattn=cond.tensors["context"])
+        theirs = (x_k - denoised) / sigma.view(-1, 1, 1, 1)
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):
+    model, clip = sd15
+    comfy.model_management.load_models_gpu([model])
+    before = weights_hash(model.model)
+    d = denoiser_cls(model, clip, resolution=64)
+    d.load()
+    modules = d.adaptable_modules()
+    assert "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k" in modules
+    probe = torch.zeros(1, requires_grad=True)
+    name = "diffusion_model.input_blocks.1.1.proj_in"
+    handle = modules[name].register_forward_hook(lambda m, i, o: o + probe)
+    try:
+        with torch.inference_mode(False):
+            cond = d.encode_prompts(["a red circle"])
+            x = torch.randn(1, *d.latent_shape)
+            d.predict_eps(x, torch.tensor([500]), cond).square().mean().backward()
+    finally:
+        handle.remove()
+    assert probe.grad is not None and probe.grad.abs().item() > 0
+    comfy.model_management.load_models_gpu([model])
+    assert weights_hash(model.model) == before
+    assert not model.weight_wrapper_patches, "the user's ModelPatcher got wrappers"
