@@ -20,11 +20,13 @@ from ..spare_engine.denoiser import Conditioning
 NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "SpareDemo": 128}
 
 
-def _autograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    # ComfyUI loads weights inside torch.inference_mode(); autograd cannot save such tensors
-    # for backward, so while gradients are on, layers compute with a normal copy.
+def _frozen_weight(weight: torch.Tensor) -> torch.Tensor:
+    # Gradients reach the adapters and activations, never the host's weights: detach them.
+    # ComfyUI loads weights inside torch.inference_mode() and autograd cannot save such
+    # tensors for backward, so while gradients are on, layers compute with a normal copy.
+    weight = weight.detach()
     if torch.is_grad_enabled() and torch.is_inference(weight):
-        return weight.clone()
+        weight = weight.clone()
     return weight
 
 
@@ -51,7 +53,7 @@ class ComfyDenoiser:
 
         self.patcher = model.clone()
         for name, param in self.patcher.model.diffusion_model.named_parameters():
-            self.patcher.add_weight_wrapper(f"diffusion_model.{name}", _autograd_weight)
+            self.patcher.add_weight_wrapper(f"diffusion_model.{name}", _frozen_weight)
         self.clip = clip
         self.module: nn.Module = self.patcher.model
         resolution = resolution or NATIVE_RESOLUTION.get(family, 512)

@@ -64,6 +64,7 @@ def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):
     finally:
         handle.remove()
     assert probe.grad is not None and probe.grad.abs().item() > 0
+    assert [n for n, p in model.model.named_parameters() if p.grad is not None] == [], "gradients reached host weights"
     comfy.model_management.load_models_gpu([model])
     assert weights_hash(model.model) == before
     assert not model.weight_wrapper_patches, "the user's ModelPatcher got wrappers"
