@@ -1,0 +1,202 @@
+"""SPARE stage 2: self-distil a sparse LoRA that overwrites the target with its surrogate.
+
+The student is the host network with adapters on the salient layers; the teacher is the
+same network with the adapters switched off. On the target's own noisy latents,
+
+    loss = w_f * MSE(eps_{theta+delta}(x_t, t, c_target), sg[eps_theta(x_t, t, c_surrogate)])
+         + w_r * MSE(eps_{theta+delta}(x_t, t, c_retain), sg[eps_theta(x_t, t, c_retain)])
+
+so prompting the target now draws the surrogate, while retain prompts (the user's, plus
+the empty prompt that classifier-free guidance relies on) keep their behaviour.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import adapters_disabled, attached, build_adapters
+from .denoiser import Denoiser, model_fingerprint
+from .lora import ErasureLoRA
+from .runtime import AutocastChoice, autocast, autograd_enabled, gradients_only_for, resolve_autocast_dtype
+from .saliency import SaliencyMap
+from .sampling import add_noise, prompt_latents
+from .timesteps import TimestepProfile
+from .version import __version__
+
+
+@dataclass
+class DistillConfig:
+    rank: int = 4
+    alpha: float | None = None  # None: alpha = rank, so the LoRA's scale is 1
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 1  # forget rows per step; as many retain rows ride in the same batch
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+    max_grad_norm: float | None = 1.0
+    cfg_scale: float = 7.5  # guidance for the data-free latents
+    sampling_steps: int = 20  # DDIM steps for the data-free latents
+    latents_per_prompt: int = 4
+    seed: int = 0
+    autocast_dtype: AutocastChoice = "auto"  # "auto": bf16 on CUDA when supported, off on CPU
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "steps", "batch_size", "sampling_steps", "latents_per_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.forget_weight < 0 or self.retain_weight < 0:
+            raise ValueError(f"forget_weight and retain_weight must be >= 0, got {self.forget_weight}, {self.retain_weight}")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the run is abandoned and nothing is returned."""
+
+    def __init__(self, step: int, total: int, value: float) -> None:
+        super().__init__(
+            f"distillation loss became {value} at step {step} of {total}; no LoRA was produced. "
+            f"Lower lr, or use bf16 / no autocast instead of fp16."
+        )
+        self.step = step
+
+
+@dataclass
+class LatentPool:
+    """Training rows: an x_0, the prompt row the student sees, and the prompt row the teacher sees."""
+
+    x0: torch.Tensor  # [N, C, H, W] on the denoiser's device
+    student_rows: torch.Tensor  # [N] indices into the run's conditionings
+    teacher_rows: torch.Tensor  # [N]
+
+    @classmethod
+    def build(cls, latents: dict[str, torch.Tensor], rows: list[tuple[str, int, int]]) -> LatentPool:
+        """rows: (prompt whose latents are used, student row, teacher row)."""
+        x0, student_rows, teacher_rows = [], [], []
+        for prompt, student_row, teacher_row in rows:
+            n = len(latents[prompt])
+            x0.append(latents[prompt])
+            student_rows += [student_row] * n
+            teacher_rows += [teacher_row] * n
+        return cls(torch.cat(x0), torch.tensor(student_rows), torch.tensor(teacher_rows))
+
+
+@autograd_enabled()  # ComfyUI runs nodes under inference_mode; adapters must be normal tensors
+def distill(
+    denoiser: Denoiser,
+    targets: list[str],
+    surrogates: list[str],
+    retain: list[str],
+    saliency: SaliencyMap,
+    timesteps: TimestepProfile,
+    config: DistillConfig | None = None,
+    callback: Callable[[int, int, float], None] | None = None,
+    latents: dict[str, torch.Tensor] | None = None,
+) -> ErasureLoRA:
+    """Train the erasure LoRA; targets[i] is overwritten with surrogates[i].
+
+    `latents` optionally gives x_0 [N, C, H, W] per target / retain prompt; the others are
+    generated once by the frozen model. `callback(step, total, loss)` runs after every step;
+    an exception it raises (a cancel) propagates after the hooks are removed. The host
+    network is left bit-identical in every case.
+    """
+    config = config or DistillConfig()
+    retain_prompts = _check_prompts(targets, surrogates, retain)
+    for argument, artifact in (("saliency", saliency), ("timesteps", timesteps)):
+        try:
+            artifact.check_model(denoiser)
+        except ValueError as error:
+            raise ValueError(f"{argument}: {error}") from None
+    device = torch.device(denoiser.device)
+    precision = resolve_autocast_dtype(config.autocast_dtype, device)
+    generator = torch.Generator().manual_seed(config.seed)  # CPU: same run on every device
+    alpha = config.rank if config.alpha is None else config.alpha
+    adapters = build_adapters(denoiser.adaptable_modules(), saliency.select(), config.rank, alpha, generator)
+    params = [p for adapter in adapters.values() for p in adapter.parameters()]
+
+    # Every prompt is encoded once for the whole run.
+    prompts = list(dict.fromkeys([*targets, *surrogates, *retain_prompts]))
+    row = {prompt: i for i, prompt in enumerate(prompts)}
+    latent_prompts = list(dict.fromkeys([*targets, *retain_prompts]))  # the prompts whose x_0 are trained on
+    with torch.no_grad():
+        conds = denoiser.encode_prompts(prompts).to(device)
+        with autocast(device, precision):
+            x0 = prompt_latents(denoiser, latent_prompts, conds.select([row[p] for p in latent_prompts]),
+                                conds.select([row[""]]),
+                                n_per_prompt=config.latents_per_prompt, steps=config.sampling_steps,
+                                cfg_scale=config.cfg_scale, generator=generator, given=latents)
+    forget = LatentPool.build(x0, [(t, row[t], row[s]) for t, s in zip(targets, surrogates)])
+    keep = LatentPool.build(x0, [(p, row[p], row[p]) for p in retain_prompts])
+
+    batch = config.batch_size
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    with gradients_only_for(denoiser.module, params), attached(denoiser, adapters):
+        for step in range(1, config.steps + 1):
+            f = torch.randint(len(forget.x0), (batch,), generator=generator)
+            r = torch.randint(len(keep.x0), (batch,), generator=generator)
+            # Forget rows at the concept's noise levels; retain rows at every level, since damage can show anywhere.
+            t_forget = timesteps.sample(batch, generator)
+            t_retain = torch.randint(len(denoiser.alphas_cumprod), (batch,), generator=generator)
+            t = torch.cat([t_forget, t_retain]).to(device)
+            x_0 = torch.cat([forget.x0[f], keep.x0[r]])
+            x_t = add_noise(denoiser.alphas_cumprod, x_0, t, torch.randn(x_0.shape, generator=generator).to(device))
+            student_cond = conds.select(torch.cat([forget.student_rows[f], keep.student_rows[r]]))
+            teacher_cond = conds.select(torch.cat([forget.teacher_rows[f], keep.teacher_rows[r]]))
+
+            # Teacher: the same network with adapters off; forget and retain rows in one batched pass.
+            with torch.no_grad(), adapters_disabled(adapters), autocast(device, precision):
+                teacher = denoiser.predict_eps(x_t, t, teacher_cond).float()
+            with autocast(device, precision):
+                student = denoiser.predict_eps(x_t, t, student_cond).float()
+            forget_loss = F.mse_loss(student[:batch], teacher[:batch])
+            retain_loss = F.mse_loss(student[batch:], teacher[batch:])
+            loss = config.forget_weight * forget_loss + config.retain_weight * retain_loss
+
+            value = loss.item()
+            if not math.isfinite(value):
+                raise NonFiniteLossError(step, config.steps, value)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            if callback is not None:
+                callback(step, config.steps, value)
+
+    metadata = {
+        "method": "SPARE",
+        "targets": list(targets),
+        "surrogates": list(surrogates),
+        "retain": list(retain),
+        "config": {**asdict(config), "alpha": alpha, "autocast_dtype": str(precision)},
+        "saliency_budget": {"top_modules": saliency.top_modules, "row_fraction": saliency.row_fraction},
+        "timestep_scheme": {"scheme": timesteps.scheme, "uniform_mix": timesteps.uniform_mix},
+        "base_model_fingerprint": model_fingerprint(denoiser.module),
+        "engine_version": __version__,
+    }
+    return ErasureLoRA.from_adapters(adapters, metadata)
+
+
+def _check_prompts(targets: list[str], surrogates: list[str], retain: list[str]) -> list[str]:
+    """Validate the prompt lists; return the retain prompts with the empty prompt added."""
+    if not targets:
+        raise ValueError("targets must name at least one concept to erase")
+    if len(targets) != len(surrogates):
+        raise ValueError(
+            f"surrogates must have one entry per target: got {len(targets)} targets and {len(surrogates)} surrogates"
+        )
+    for i, (target, surrogate) in enumerate(zip(targets, surrogates)):
+        if target.strip() == surrogate.strip():
+            raise ValueError(f"targets[{i}] and surrogates[{i}] are both {target!r}; a surrogate must differ from its target")
+    # The empty prompt is always retained: classifier-free guidance subtracts its prediction.
+    retain_prompts = list(dict.fromkeys([*retain, ""]))
+    for i, target in enumerate(targets):
+        if target in retain_prompts:
+            where = "the empty prompt is always retained" if target == "" else "retain must not contain a target"
+            raise ValueError(f"targets[{i}] = {target!r} is also in retain ({where})")
+    return retain_prompts

@@ -1,0 +1,58 @@
+"""Running the borrowed host network: mixed precision, and which weights get gradients."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator, Literal, Union
+
+import torch
+from torch import nn
+
+# "auto": bf16 on a CUDA device that supports it, full precision otherwise (always on CPU).
+AutocastChoice = Union[torch.dtype, None, Literal["auto"]]
+
+
+def resolve_autocast_dtype(choice: AutocastChoice, device: torch.device | str) -> torch.dtype | None:
+    if choice != "auto":
+        return choice
+    device = torch.device(device)
+    # bf16 keeps fp32's exponent range, so no GradScaler is ever needed.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def gradients_only_for(module: nn.Module, params: Iterable[torch.Tensor]) -> Iterator[None]:
+    """Inside the block only `params` require grad in `module`; every flag is restored after.
+
+    Host weights outside `params` then keep no activations for backward and never get a .grad.
+    `params` may also be tensors outside `module` (adapter weights); those are simply enabled.
+    """
+    host = list(module.parameters())
+    saved = [p.requires_grad for p in host]
+    wanted = list(params)
+    wanted_saved = [p.requires_grad for p in wanted]
+    try:
+        for p in host:
+            p.requires_grad_(False)
+        for p in wanted:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in zip(wanted, wanted_saved):
+            p.requires_grad_(flag)
+        for p, flag in zip(host, saved):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Autograd on, even inside the caller's no_grad or inference_mode (ComfyUI runs nodes in the latter)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield

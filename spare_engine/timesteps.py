@@ -1,0 +1,146 @@
+"""SPARE's timestep sampling: train where the concept lives.
+
+A concept is not carried equally by every noise level: near t = 0 the prompt barely changes
+the prediction. On a grid of K levels we measure how far the frozen model's eps prediction
+for the target is from its prediction for the surrogate, on the target's own noisy latents.
+That divergence, interpolated to all T levels and mixed with a uniform floor, is the
+distribution the forget loss draws its timesteps from.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .artifacts import check_fingerprint, load_artifact, save_artifact
+from .denoiser import Conditioning, Denoiser, model_fingerprint
+from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
+from .sampling import add_noise, prompt_latents
+from .version import __version__
+
+PROFILE_FORMAT = "spare_engine.timestep_profile"
+
+
+@dataclass
+class TimestepProfile:
+    probabilities: torch.Tensor  # [T] float64, sums to 1
+    scheme: str  # "concept" (measured) or "uniform" (the ablation)
+    uniform_mix: float  # share of the mass spread uniformly over all T levels
+    grid: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # [K] measured levels
+    divergence: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [K] target-vs-surrogate MSE
+    targets: list[str] = field(default_factory=list)
+    surrogates: list[str] = field(default_factory=list)
+    model_fingerprint: str = ""  # "" fits any model with the same number of timesteps
+
+    @classmethod
+    def uniform(cls, num_timesteps: int = 1000) -> TimestepProfile:
+        return cls(torch.full((num_timesteps,), 1 / num_timesteps, dtype=torch.float64), "uniform", 1.0)
+
+    @classmethod
+    def from_divergence(
+        cls, grid: torch.Tensor, divergence: torch.Tensor, num_timesteps: int, uniform_mix: float, **provenance
+    ) -> TimestepProfile:
+        """p(t) = (1 - uniform_mix) * d(t) / sum d + uniform_mix / T, d linearly interpolated from the grid."""
+        if not 0 <= uniform_mix <= 1:
+            raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+        d = np.interp(np.arange(num_timesteps), grid.numpy(), divergence.clamp(min=0).double().numpy())
+        # A surrogate the model cannot tell from the target leaves nothing to focus on: fall back to uniform.
+        concept = d / d.sum() if d.sum() > 0 else np.full(num_timesteps, 1 / num_timesteps)
+        probabilities = torch.from_numpy((1 - uniform_mix) * concept + uniform_mix / num_timesteps)
+        return cls(probabilities, "concept", uniform_mix, grid.long(), divergence.float(), **provenance)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n timesteps (int64, on the generator's device) drawn from the profile."""
+        return torch.multinomial(self.probabilities.to(generator.device), n, replacement=True, generator=generator)
+
+    def check_model(self, denoiser: Denoiser) -> None:
+        if len(self.probabilities) != len(denoiser.alphas_cumprod):
+            raise ValueError(
+                f"timestep profile covers {len(self.probabilities)} timesteps, "
+                f"this model has {len(denoiser.alphas_cumprod)}"
+            )
+        if self.model_fingerprint:
+            check_fingerprint("timestep profile", self.model_fingerprint, denoiser)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tensors = {"probabilities": self.probabilities, "grid": self.grid, "divergence": self.divergence}
+        meta = {
+            "scheme": self.scheme,
+            "uniform_mix": self.uniform_mix,
+            "targets": self.targets,
+            "surrogates": self.surrogates,
+            "model_fingerprint": self.model_fingerprint,
+            "engine_version": __version__,
+        }
+        save_artifact(path, PROFILE_FORMAT, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TimestepProfile:
+        tensors, meta = load_artifact(path, PROFILE_FORMAT)
+        return cls(
+            probabilities=tensors["probabilities"],
+            scheme=meta["scheme"],
+            uniform_mix=meta["uniform_mix"],
+            grid=tensors["grid"],
+            divergence=tensors["divergence"],
+            targets=meta["targets"],
+            surrogates=meta["surrogates"],
+            model_fingerprint=meta["model_fingerprint"],
+        )
+
+
+@torch.no_grad()
+def compute_timestep_profile(
+    denoiser: Denoiser,
+    targets: list[str],
+    surrogates: list[str],
+    *,
+    latents: dict[str, torch.Tensor] | None = None,
+    grid_size: int = 20,
+    n_latents: int = 2,
+    sampling_steps: int = 20,
+    cfg_scale: float = 7.5,
+    uniform_mix: float = 0.2,
+    seed: int = 0,
+    autocast_dtype: AutocastChoice = "auto",
+) -> TimestepProfile:
+    """Measure where (in noise level) each target differs from its surrogate; average over pairs and latents."""
+    if not targets or len(targets) != len(surrogates):
+        raise ValueError(f"targets and surrogates must be non-empty and pair up, got {len(targets)} and {len(surrogates)}")
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    if not 0 <= uniform_mix <= 1:
+        raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    generator = torch.Generator().manual_seed(seed)
+    precision = resolve_autocast_dtype(autocast_dtype, denoiser.device)
+    num_timesteps = len(denoiser.alphas_cumprod)
+    grid = torch.linspace(0, num_timesteps - 1, grid_size).round().long()
+    pairs = len(targets)
+
+    conds = denoiser.encode_prompts([*targets, *surrogates, ""]).to(denoiser.device)
+    with autocast(denoiser.device, precision):
+        x0 = prompt_latents(denoiser, targets, conds.select(list(range(pairs))), conds.select([2 * pairs]),
+                            n_per_prompt=n_latents, steps=sampling_steps, cfg_scale=cfg_scale,
+                            generator=generator, given=latents)
+
+    divergence = torch.zeros(grid_size, dtype=torch.float64)
+    for p, target in enumerate(targets):
+        n = len(x0[target])
+        # Target and surrogate predictions for the same noisy latents go through the network as one batch.
+        both = Conditioning.cat([conds.select([p]).repeat(n), conds.select([pairs + p]).repeat(n)])
+        for k, t in enumerate(grid.tolist()):
+            eps = torch.randn(x0[target].shape, generator=generator).to(denoiser.device)
+            t_batch = torch.full((n,), t, dtype=torch.long, device=denoiser.device)
+            x_t = add_noise(denoiser.alphas_cumprod, x0[target], t_batch, eps)
+            with autocast(denoiser.device, precision):
+                eps_pred = denoiser.predict_eps(torch.cat([x_t, x_t]), torch.cat([t_batch, t_batch]), both)
+            on_target, on_surrogate = eps_pred.float().chunk(2)
+            divergence[k] += F.mse_loss(on_target, on_surrogate).item() / pairs
+
+    return TimestepProfile.from_divergence(
+        grid, divergence, num_timesteps, uniform_mix,
+        targets=list(targets), surrogates=list(surrogates), model_fingerprint=model_fingerprint(denoiser.module),
+    )

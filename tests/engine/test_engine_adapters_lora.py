@@ -1,0 +1,139 @@
+"""Hooked sparse adapters, and the exported LoRA: ComfyUI's W + s * dW reproduces the hooked student."""
+import copy
+import os
+
+import pytest
+import torch
+
+import spare_engine
+import spare_engine.artifacts
+from spare_engine import ErasureLoRA, LoraAdapter, adapters_disabled, attached, build_adapters, weights_hash
+
+from .tiny_denoiser import TinyDenoiser, merge_lora
+
+LAYERS = ["diffusion_model.conv_in", "diffusion_model.to_k", "diffusion_model.to_out", "diffusion_model.conv_out"]
+
+
+def trained_looking_adapters(denoiser, rank=3, alpha=1.5):
+    """Adapters with random (non-zero) up weights and row masks on some layers, as after training."""
+    g = torch.Generator().manual_seed(11)
+    layers = denoiser.adaptable_modules()
+    selection = {name: (torch.rand(layers[name].weight.shape[0], generator=g) < 0.5) if i % 2 else None
+                 for i, name in enumerate(LAYERS)}
+    adapters = build_adapters(layers, selection, rank, alpha, g)
+    with torch.no_grad():
+        for adapter in adapters.values():
+            adapter.up.normal_(generator=g)
+    return adapters
+
+
+def run(denoiser, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, t = torch.randn(3, 4, 8, 8, generator=g), torch.randint(0, 1000, (3,), generator=g)
+    return denoiser.predict_eps(x, t, denoiser.encode_prompts(["a cat", "a dog", ""]))
+
+
+def test_fresh_adapters_are_a_no_op_and_disabled_adapters_are_the_host(denoiser):
+    base = run(denoiser)
+    layers = denoiser.adaptable_modules()
+    fresh = build_adapters(layers, {n: None for n in LAYERS}, 2, 2.0, torch.Generator().manual_seed(0))
+    with attached(denoiser, fresh):
+        assert torch.equal(run(denoiser), base)
+    trained = trained_looking_adapters(denoiser)
+    with attached(denoiser, trained):
+        assert not torch.allclose(run(denoiser), base)
+        with adapters_disabled(trained):
+            assert torch.equal(run(denoiser), base)
+        assert not torch.allclose(run(denoiser), base)
+
+
+def test_hooks_are_removed_on_exceptions(denoiser):
+    before = weights_hash(denoiser.module)
+    with pytest.raises(KeyboardInterrupt):
+        with attached(denoiser, trained_looking_adapters(denoiser)):
+            raise KeyboardInterrupt
+    assert all(not m._forward_hooks for m in denoiser.module.modules())
+    assert weights_hash(denoiser.module) == before
+
+
+def test_rank_must_fit_the_layer(denoiser):
+    layers = denoiser.adaptable_modules()
+    with pytest.raises(ValueError, match=r"rank must be an integer from 1 to 16 for diffusion_model.to_k"):
+        LoraAdapter(layers["diffusion_model.to_k"], 17, 17.0, name="diffusion_model.to_k")
+    with pytest.raises(ValueError, match=r"rank must be an integer from 1 to 4 for diffusion_model.conv_out"):
+        LoraAdapter(layers["diffusion_model.conv_out"], 5, 5.0, name="diffusion_model.conv_out")
+    with pytest.raises(ValueError, match="rank"):
+        LoraAdapter(layers["diffusion_model.to_k"], 0, 1.0, name="diffusion_model.to_k")
+    with pytest.raises(ValueError, match="only Linear and Conv2d"):
+        LoraAdapter(torch.nn.LayerNorm(4), 1, 1.0)
+
+
+def test_export_at_strength_one_is_the_hooked_student(denoiser):
+    adapters = trained_looking_adapters(denoiser)
+    lora = ErasureLoRA.from_adapters(adapters, {"targets": ["a cat"]})
+    with attached(denoiser, adapters):
+        student = run(denoiser)
+    merged = TinyDenoiser(seed=0)
+    merge_lora(merged.module, lora.state_dict(), strength=1.0)
+    assert torch.allclose(run(merged), student, atol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0.5, -1.0, 2.0])
+def test_export_at_strength_s_is_w_plus_s_delta(denoiser, strength):
+    lora = ErasureLoRA.from_adapters(trained_looking_adapters(denoiser), {})
+    merged = copy.deepcopy(denoiser.module)
+    merge_lora(merged, lora.state_dict(), strength)
+    host, out = dict(denoiser.module.named_modules()), dict(merged.named_modules())
+    for name, layer in host.items():
+        if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        if name in lora.module_names:
+            assert torch.allclose(out[name].weight, layer.weight + strength * lora.delta_weight(name), atol=1e-6)
+        else:
+            assert torch.equal(out[name].weight, layer.weight)  # not selected: bit-identical
+
+
+def test_row_masks_are_baked_into_up(denoiser):
+    adapters = trained_looking_adapters(denoiser)
+    lora = ErasureLoRA.from_adapters(adapters, {})
+    for name, adapter in adapters.items():
+        delta = lora.delta_weight(name)
+        assert delta.shape == denoiser.adaptable_modules()[name].weight.shape
+        if adapter.row_mask is not None:
+            assert delta[~adapter.row_mask].abs().max() == 0 and delta[adapter.row_mask].abs().max() > 0
+
+
+def test_comfyui_key_format(denoiser):
+    sd = ErasureLoRA.from_adapters(trained_looking_adapters(denoiser, rank=2, alpha=1.0), {}).state_dict()
+    assert sd["diffusion_model.conv_in.lora_down.weight"].shape == (2, 4, 3, 3)
+    assert sd["diffusion_model.conv_in.lora_up.weight"].shape == (16, 2, 1, 1)
+    assert sd["diffusion_model.to_k.lora_down.weight"].shape == (2, 16)
+    assert sd["diffusion_model.to_k.lora_up.weight"].shape == (16, 2)
+    assert sd["diffusion_model.to_k.alpha"].shape == () and sd["diffusion_model.to_k.alpha"].item() == 1.0
+    assert len(sd) == 3 * len(LAYERS)
+
+
+def test_save_load_roundtrip(denoiser, tmp_path):
+    lora = ErasureLoRA.from_adapters(trained_looking_adapters(denoiser), {"targets": ["a cat"], "steps": 3})
+    path = tmp_path / "erase.safetensors"
+    lora.save(path)
+    assert os.listdir(tmp_path) == ["erase.safetensors"]  # no temporary file left behind
+    loaded = ErasureLoRA.load(path)
+    assert (loaded.rank, loaded.alpha, loaded.metadata) == (3, 1.5, {"targets": ["a cat"], "steps": 3})
+    assert sorted(loaded.state_dict()) == sorted(lora.state_dict())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in lora.state_dict().items())
+    with pytest.raises(ValueError, match="is not a spare_engine.saliency_map file"):
+        spare_engine.SaliencyMap.load(path)
+
+
+def test_a_failed_save_leaves_no_file(denoiser, tmp_path, monkeypatch):
+    def half_written(tensors, filename, metadata):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(spare_engine.artifacts, "save_file", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        ErasureLoRA.from_adapters(trained_looking_adapters(denoiser), {}).save(tmp_path / "erase.safetensors")
+    assert os.listdir(tmp_path) == []
+

@@ -1,0 +1,107 @@
+"""The package boundary, Conditioning, fingerprints, and the DDIM sampler."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import spare_engine
+from spare_engine import Conditioning, add_noise, model_fingerprint, sample_ddim, weights_hash
+
+from .tiny_denoiser import TinyDenoiser, scaled_linear_alphas_cumprod
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_pulls_in_no_comfy_and_no_foreign_packages():
+    code = (
+        "import sys, spare_engine;"
+        "print([m for m in sys.modules if m.startswith('comfy')]);"
+        "allowed = ('torch', 'safetensors', 'numpy', 'spare_engine');"
+        "print(sorted({m.split('.')[0] for m in sys.modules"
+        " if m.split('.')[0] not in sys.stdlib_module_names and not m.startswith(allowed)}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    comfy_modules, foreign = out.stdout.strip().splitlines()
+    assert comfy_modules == "[]"
+    # torch itself imports a few helpers (typing_extensions, sympy, ...); spare_engine adds nothing on top.
+    torch_only = subprocess.run([sys.executable, "-c", code.replace("spare_engine;", "torch, safetensors.torch, numpy;")],
+                                env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    assert foreign == torch_only.stdout.strip().splitlines()[1]
+
+
+def test_version_and_public_api():
+    assert spare_engine.__version__ == "0.1.0"
+    for name in spare_engine.__all__:
+        assert hasattr(spare_engine, name), name
+
+
+def test_tiny_denoiser_satisfies_the_protocol(denoiser):
+    assert isinstance(denoiser, spare_engine.Denoiser)
+
+
+def test_conditioning_rows():
+    cond = Conditioning({"context": torch.arange(6.0).view(3, 2), "y": torch.tensor([[0], [1], [2]])})
+    assert len(cond) == 3
+    assert cond.select([2, 0, 2]).tensors["y"].flatten().tolist() == [2, 0, 2]
+    assert cond.select(1).tensors["context"].tolist() == [[2.0, 3.0]]
+    assert cond.repeat(2).tensors["y"].flatten().tolist() == [0, 1, 2, 0, 1, 2]
+    both = Conditioning.cat([cond.select([0]), cond.select([1, 2])])
+    assert torch.equal(both.tensors["context"], cond.tensors["context"])
+    half = cond.to(dtype=torch.float16)
+    assert half.tensors["context"].dtype == torch.float16 and half.tensors["y"].dtype == torch.long
+    with pytest.raises(ValueError, match="batch size"):
+        Conditioning({"context": torch.zeros(2, 1), "y": torch.zeros(3, 1)})
+    with pytest.raises(ValueError, match="different keys"):
+        Conditioning.cat([cond, Conditioning({"context": torch.zeros(1, 2)})])
+
+
+def test_fingerprint_and_hash_see_weight_changes():
+    a, b = TinyDenoiser(seed=0).module, TinyDenoiser(seed=0).module
+    assert model_fingerprint(a) == model_fingerprint(b) and weights_hash(a) == weights_hash(b)
+    assert model_fingerprint(a) != model_fingerprint(TinyDenoiser(seed=1).module)
+    with torch.no_grad():
+        b.diffusion_model.to_k.weight[0, 0] += 1e-3  # element 0 is in the fingerprint's strided sample
+    assert model_fingerprint(a) != model_fingerprint(b)
+    c = TinyDenoiser(seed=0).module
+    with torch.no_grad():
+        c.diffusion_model.to_k.weight[3, 5] += 1e-3  # off the sample: only the full hash notices
+    assert weights_hash(a) != weights_hash(c)
+    assert model_fingerprint(a) != model_fingerprint(TinyDenoiser(seed=0).module.to(torch.bfloat16))
+
+
+class Oracle:
+    """Knows the one clean latent x0*: predicts the exact eps, so DDIM must land on x0*."""
+
+    latent_shape = (4, 8, 8)
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def __init__(self):
+        self.alphas_cumprod = scaled_linear_alphas_cumprod()
+        self.x0 = torch.randn(1, *self.latent_shape, generator=torch.Generator().manual_seed(7))
+
+    def predict_eps(self, x_t, t, cond):
+        ab = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (x_t - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+
+
+def test_ddim_recovers_the_clean_latent_of_an_exact_predictor():
+    oracle = Oracle()
+    cond = Conditioning({"context": torch.zeros(3, 1)})
+    x0 = sample_ddim(oracle, cond, cond.select([0]), steps=10, cfg_scale=7.5, generator=torch.Generator().manual_seed(0))
+    assert x0.shape == (3, 4, 8, 8)
+    assert torch.allclose(x0, oracle.x0.expand(3, -1, -1, -1), atol=1e-4)
+
+
+def test_ddim_is_deterministic_and_add_noise_follows_ddpm(denoiser):
+    cond = denoiser.encode_prompts(["a cat", "a dog"])
+    uncond = denoiser.encode_prompts([""])
+    runs = [sample_ddim(denoiser, cond, uncond, steps=5, cfg_scale=3.0, generator=torch.Generator().manual_seed(1))
+            for _ in range(2)]
+    assert torch.equal(*runs)
+    x0, eps, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([0, 999])
+    ab = denoiser.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(add_noise(denoiser.alphas_cumprod, x0, t, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
