@@ -4,14 +4,22 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_lora import ApplyErasureLora
+from .compare import ErasureCompare
+from .distill import SpareDistill
+from .localize import SaliencyLocalize
 from .model_hash import ModelWeightsHash
+from .timestep_profile import TimestepProfileNode
 
 
 class SpareExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [
+            SaliencyLocalize,
+            TimestepProfileNode,
+            SpareDistill,
             ApplyErasureLora,
+            ErasureCompare,
             ModelWeightsHash,
         ]
 

@@ -3,8 +3,8 @@ import logging
 from comfy_api.latest import io
 
 from .lora_files import NO_FILE, lora_file_options, lora_patches, read_lora_file
+from .types import LoraModel
 
-LoraModel = io.Custom("LORA_MODEL")
 
 
 class ApplyErasureLora(io.ComfyNode):

@@ -17,7 +17,7 @@ import comfy.model_sampling
 from ..spare_engine.denoiser import Conditioning
 
 # Pixel resolution each model family was trained at; erasure data is generated there.
-NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "SpareDemo": 128}
+NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "DemoModelConfig": 128}
 
 
 def _frozen_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,13 @@ class ComfyDenoiser:
     def load(self) -> None:
         """Put the model (with the wrappers above) on the compute device, all of it."""
         comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+
+    def release(self) -> None:
+        """Unload this clone, which also takes its weight wrappers off the shared modules."""
+        for loaded in list(comfy.model_management.current_loaded_models):
+            if loaded.model is self.patcher:
+                loaded.model_unload()
+                comfy.model_management.current_loaded_models.remove(loaded)
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         extra = {"y": cond.tensors["y"].to(self.dtype)} if "y" in cond.tensors else {}

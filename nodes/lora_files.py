@@ -6,6 +6,7 @@ LoRA needs to know when it silently does nothing, so the match is checked here.
 from __future__ import annotations
 
 import os
+import re
 
 import safetensors
 import safetensors.torch
@@ -16,6 +17,7 @@ import comfy.lora_convert
 import folder_paths
 
 NO_FILE = "[None]"
+SAVE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def lora_file_options() -> list[str]:
@@ -39,6 +41,23 @@ def read_lora_file(lora_name: str) -> dict[str, torch.Tensor]:
         return safetensors.torch.load_file(path, device="cpu")
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"lora_name: '{lora_name}' is not a readable safetensors file ({e}).") from e
+
+
+def lora_save_path(save_name: str) -> str:
+    """Where SPARE Distill writes `save_name`: a plain file name inside the first loras folder."""
+    name = save_name.strip()
+    if name.lower().endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not name or not SAVE_NAME.fullmatch(name) or name.startswith("."):
+        raise ValueError(
+            f"save_name: '{save_name}' is not allowed; use letters, digits, '-', '_' and '.' only "
+            "(no folders, no path separators): the file is always written into models/loras."
+        )
+    folder = folder_paths.get_folder_paths("loras")[0]
+    path = os.path.join(folder, name + ".safetensors")
+    if os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) != os.path.realpath(folder):
+        raise ValueError(f"save_name: '{save_name}' points outside models/loras.")
+    return path
 
 
 def _model_key(lora_key: str, key_map: dict[str, str]) -> str | None:

@@ -34,7 +34,9 @@ def gradients_only_for(module: nn.Module, params: Iterable[torch.Tensor]) -> Ite
     Host weights outside `params` then keep no activations for backward and never get a .grad.
     `params` may also be tensors outside `module` (adapter weights); those are simply enabled.
     """
-    host = list(module.parameters())
+    # Inference-mode tensors (how ComfyUI loads weights) cannot take a requires_grad flag
+    # outside inference mode; such a host keeps them out of autograd itself.
+    host = [p for p in module.parameters() if not torch.is_inference(p)]
     saved = [p.requires_grad for p in host]
     wanted = list(params)
     wanted_saved = [p.requires_grad for p in wanted]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 from typing import Iterator
 
 import torch
@@ -133,6 +134,7 @@ def compute_saliency(
     row_fraction: float | None = None,
     seed: int = 0,
     autocast_dtype: AutocastChoice = "auto",
+    callback: Callable[[int, int], None] | None = None,
 ) -> SaliencyMap:
     """Saliency of every adaptable layer's weight for the target prompt(s).
 
@@ -173,6 +175,8 @@ def compute_saliency(
                 # Differentiating w.r.t. the probes runs the backward pass that fires the row hooks.
                 torch.autograd.grad(F.mse_loss(eps_pred.float(), eps), probes, allow_unused=True)
                 n_samples += 1
+                if callback is not None:
+                    callback(n_samples, len(targets) * len(samples.t))
 
     return SaliencyMap(
         row_scores={name: s.cpu() for name, s in row_scores.items()},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -106,8 +107,12 @@ def compute_timestep_profile(
     uniform_mix: float = 0.2,
     seed: int = 0,
     autocast_dtype: AutocastChoice = "auto",
+    callback: Callable[[int, int], None] | None = None,
 ) -> TimestepProfile:
-    """Measure where (in noise level) each target differs from its surrogate; average over pairs and latents."""
+    """Measure where (in noise level) each target differs from its surrogate; average over pairs and latents.
+
+    `callback(done, total)` runs after each measured (pair, noise level).
+    """
     if not targets or len(targets) != len(surrogates):
         raise ValueError(f"targets and surrogates must be non-empty and pair up, got {len(targets)} and {len(surrogates)}")
     if grid_size < 2:
@@ -139,6 +144,8 @@ def compute_timestep_profile(
                 eps_pred = denoiser.predict_eps(torch.cat([x_t, x_t]), torch.cat([t_batch, t_batch]), both)
             on_target, on_surrogate = eps_pred.float().chunk(2)
             divergence[k] += F.mse_loss(on_target, on_surrogate).item() / pairs
+            if callback is not None:
+                callback(p * grid_size + k + 1, pairs * grid_size)
 
     return TimestepProfile.from_divergence(
         grid, divergence, num_timesteps, uniform_mix,

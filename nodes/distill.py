@@ -1,0 +1,79 @@
+import logging
+
+from comfy_api.latest import io
+
+from ..spare_engine import DistillConfig, distill
+from . import plots
+from .engine_run import StepProgress, engine_denoiser
+from .lora_files import lora_save_path
+from .prompts import retain_lines, target_surrogate_pairs
+from .types import LoraModel, Saliency, Timesteps, resolution_input
+
+
+class SpareDistill(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SpareDistill",
+            display_name="SPARE Distill",
+            category="SPARE",
+            description="SPARE stage 2: trains a sparse LoRA on the salient layers so that each target is drawn as "
+            "its surrogate, while retained concepts keep the frozen model's predictions.",
+            is_output_node=True,
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model to erase from; it is not changed."),
+                io.Clip.Input("clip", tooltip="The model's text encoder."),
+                Saliency.Input("saliency", tooltip="From Saliency Localize, computed on this model."),
+                Timesteps.Input("timesteps", tooltip="From Timestep Profile."),
+                io.String.Input("targets", multiline=True, default="", tooltip="Concept(s) to erase, one per line."),
+                io.String.Input("surrogates", multiline=True, default="",
+                                tooltip="What each target becomes, one per line (or one line for all)."),
+                io.String.Input("retain", multiline=True, default="",
+                                tooltip="Concepts that must not change, one per line (the empty prompt is always kept)."),
+                io.Int.Input("rank", default=4, min=1, max=256, tooltip="LoRA rank of every adapter."),
+                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimisation steps."),
+                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-5,
+                               tooltip="AdamW learning rate of the adapter weights."),
+                io.Float.Input("forget_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Weight of the target -> surrogate term."),
+                io.Float.Input("retain_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="Weight of the keep-retained-concepts term."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Forget rows per step (as many retain rows ride along)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed for adapter init, latents, noise and timesteps."),
+                io.String.Input("save_name", default="",
+                                tooltip="If set, the LoRA is also saved as models/loras/<save_name>.safetensors "
+                                "(a plain file name; no folders)."),
+                resolution_input(),
+            ],
+            outputs=[
+                LoraModel.Output(display_name="erasure_lora",
+                                 tooltip="The erasure as a LORA_MODEL: Apply Erasure LoRA, Load LoRA Model and "
+                                 "Save LoRA Weights all take it."),
+                io.Image.Output(display_name="loss_curve", tooltip="Training loss per step."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, saliency, timesteps, targets: str, surrogates: str, retain: str, rank: int,
+                steps: int, learning_rate: float, forget_weight: float, retain_weight: float, batch_size: int,
+                seed: int, save_name: str, resolution: int) -> io.NodeOutput:
+        target_list, surrogate_list = target_surrogate_pairs(targets, surrogates)
+        retain_list = retain_lines(retain, target_list)
+        save_path = lora_save_path(save_name) if save_name.strip() else None  # refuse a bad name before training
+        config = DistillConfig(rank=rank, steps=steps, lr=learning_rate, forget_weight=forget_weight,
+                               retain_weight=retain_weight, batch_size=batch_size, seed=seed)
+        with engine_denoiser(model, clip, resolution or None) as denoiser:
+            progress = StepProgress("distill")
+            try:
+                erasure = distill(denoiser, target_list, surrogate_list, retain_list, saliency, timesteps, config,
+                                  callback=progress)
+            finally:
+                progress.close()
+        if save_path:
+            erasure.save(save_path)
+            logging.info("[SPARE] erasure LoRA saved to %s", save_path)
+        curve = plots.line_chart("SPARE Distill loss", {"loss": (list(range(1, len(progress.losses) + 1)),
+                                                                 progress.losses)}, "step")
+        return io.NodeOutput(erasure.state_dict(), curve)

@@ -1,0 +1,52 @@
+"""Running an engine stage inside ComfyUI: model management, progress, cancel, clean-up."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+import comfy.model_management
+import comfy.utils
+
+from .comfy_denoiser import ComfyDenoiser
+
+
+@contextlib.contextmanager
+def engine_denoiser(model, clip, resolution: int | None = None) -> Iterator[ComfyDenoiser]:
+    """The loaded model as the engine's Denoiser, with autograd allowed, released afterwards.
+
+    ComfyUI runs nodes under torch.inference_mode(); training needs it off (as its own
+    TrainLoraNode does). The user's MODEL is only cloned, never changed.
+    """
+    denoiser = ComfyDenoiser(model, clip, resolution)
+    with torch.inference_mode(False):
+        denoiser.load()
+        try:
+            yield denoiser
+        finally:
+            denoiser.release()
+            comfy.model_management.soft_empty_cache()
+
+
+class StepProgress:
+    """Engine callback: one tick per step in the UI and on the console; Cancel stops within a step."""
+
+    def __init__(self, label: str):
+        self.ui = comfy.utils.ProgressBar(1)
+        self.console = tqdm(desc=f"[SPARE] {label}", leave=False, mininterval=1.0)
+        self.losses: list[float] = []
+
+    def __call__(self, step: int, total: int, loss: float | None = None) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if loss is not None:
+            self.losses.append(loss)
+            self.console.set_postfix(loss=f"{loss:.3g}", refresh=False)
+        if self.console.total != total:
+            self.console.total = total
+        self.ui.update_absolute(step, total)
+        self.console.update(step - self.console.n)
+
+    def close(self) -> None:
+        self.console.close()
