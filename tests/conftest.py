@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 from comfy_server import ComfyServer, host, new_base_dir, remove_base_dir  # noqa: E402
 
 # ComfyUI goes first: its top-level `nodes` module must win over this pack's `nodes/` package.

@@ -1,4 +1,4 @@
-"""A real ComfyUI server for tests: started from the project's host, driven over HTTP like a browser."""
+"""A real ComfyUI server started from the project's host and driven over HTTP like a browser (tests, demo)."""
 from __future__ import annotations
 
 import io
@@ -172,9 +172,9 @@ class ComfyServer:
     def interrupt(self) -> None:
         self.request("/interrupt", {})
 
-    def websocket(self) -> websocket.WebSocket:
+    def websocket(self, timeout: float = 60.0) -> websocket.WebSocket:
         ws = websocket.WebSocket()
-        ws.connect(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=60)
+        ws.connect(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}", timeout=timeout)
         return ws
 
     def images(self, entry: dict, node_id: str) -> list[Image.Image]:
