@@ -9,6 +9,8 @@ from .lora_files import lora_save_path
 from .prompts import retain_lines, target_surrogate_pairs
 from .types import LoraModel, Saliency, Timesteps, resolution_input
 
+DEFAULT = DistillConfig()  # the engine's defaults are the node's defaults
+
 
 class SpareDistill(io.ComfyNode):
     @classmethod
@@ -30,15 +32,15 @@ class SpareDistill(io.ComfyNode):
                                 tooltip="What each target becomes, one per line (or one line for all)."),
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept)."),
-                io.Int.Input("rank", default=4, min=1, max=256, tooltip="LoRA rank of every adapter."),
-                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimisation steps."),
-                io.Float.Input("learning_rate", default=1e-3, min=1e-7, max=1.0, step=1e-5,
+                io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256, tooltip="LoRA rank of every adapter."),
+                io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000, tooltip="Optimisation steps."),
+                io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights."),
-                io.Float.Input("forget_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("forget_weight", default=DEFAULT.forget_weight, min=0.0, max=100.0, step=0.1,
                                tooltip="Weight of the target -> surrogate term."),
-                io.Float.Input("retain_weight", default=1.0, min=0.0, max=100.0, step=0.1,
+                io.Float.Input("retain_weight", default=DEFAULT.retain_weight, min=0.0, max=100.0, step=0.1,
                                tooltip="Weight of the keep-retained-concepts term."),
-                io.Int.Input("batch_size", default=4, min=1, max=64,
+                io.Int.Input("batch_size", default=DEFAULT.batch_size, min=1, max=64,
                              tooltip="Forget rows per step (as many retain rows ride along)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for adapter init, latents, noise and timesteps."),

@@ -21,10 +21,21 @@ def engine_denoiser(model, clip, resolution: int | None = None) -> Iterator[Comf
     TrainLoraNode does). The user's MODEL is only cloned, never changed.
     """
     denoiser = ComfyDenoiser(model, clip, resolution)
+    device = denoiser.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode(False):
         denoiser.load()
         try:
             yield denoiser
+        except torch.OutOfMemoryError as e:
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+            free, total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+            raise RuntimeError(
+                f"not enough GPU memory for SPARE on {device}: it had allocated {peak:.1f} GiB when it ran out "
+                f"({total / 2**30:.1f} GiB on the card, {free / 2**30:.1f} GiB free now). Lower batch_size, "
+                "resolution or samples, close other models, or start ComfyUI with --cpu (slow but works)."
+            ) from e
         finally:
             denoiser.release()
             comfy.model_management.soft_empty_cache()
