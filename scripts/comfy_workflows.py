@@ -36,6 +36,17 @@ def _is_widget(spec: list) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def _has_control_widget(name: str, spec: list) -> bool:
+    """Whether the frontend adds a "control after generate" widget (and value) after this input.
+
+    ComfyUI frontend 1.32 (useIntWidget): `control_after_generate ?? ["seed", "noise_seed"].includes(name)`
+    for INT inputs; COMBO inputs only when control_after_generate is set."""
+    options = spec[1] if len(spec) > 1 else {}
+    if spec[0] == "INT":
+        return bool(options.get("control_after_generate", name in ("seed", "noise_seed")))
+    return bool(options.get("control_after_generate"))
+
+
 def _widget_values(node: Node, info: dict) -> list:
     values = []
     for name, spec, _ in _inputs(info):
@@ -51,7 +62,7 @@ def _widget_values(node: Node, info: dict) -> list:
         else:
             value = options.get("options", [None])[0]
         values.append(value)
-        if options.get("control_after_generate"):
+        if _has_control_widget(name, spec):
             values.append("fixed")  # the frontend's "control after generate" widget
     return values
 
@@ -122,8 +133,7 @@ def to_api(ui: dict, object_info: dict) -> dict:
             if not _is_widget(spec):
                 continue
             inputs[name] = values.pop(0)
-            options = spec[1] if len(spec) > 1 else {}
-            if options.get("control_after_generate"):
+            if _has_control_widget(name, spec):
                 values.pop(0)
         for slot in node["inputs"]:
             if slot.get("link") is not None:

@@ -39,6 +39,11 @@ SKIPPED_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 # ComfyUI's server imports requests (app/frontend_management.py) without listing it.
 UNLISTED_COMFYUI_REQUIREMENTS = ["requests"]
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
+# Browser test (tests/test_browser.py): Playwright (tests/requirements.txt) drives the system's
+# Chromium, since Playwright's own browser download (`playwright install`) does not work offline.
+# SPARE_CHROMIUM points the test at another Chromium; otherwise Debian's package is installed.
+CHROMIUM = Path(os.environ.get("SPARE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_APT_PACKAGES = ["chromium", "fonts-dejavu-core"]  # a font, so the screenshot has text
 
 
 def log(msg: str) -> None:
@@ -128,6 +133,27 @@ def link_pack(comfy: Path) -> None:
     log(f"linked {link} -> {ROOT}")
 
 
+def ensure_chromium() -> None:
+    """Install Debian's Chromium for the browser test when it is missing (needs root and apt-get).
+
+    Never fatal: without it only tests/test_browser.py fails, and it says why."""
+    if CHROMIUM.exists():
+        return
+    how = "apt-get install chromium" if shutil.which("apt-get") else "install Chromium"
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        log(f"WARNING: {CHROMIUM} is missing and this is not root with apt-get, so it is not installed; "
+            f"tests/test_browser.py will fail until you run `sudo {how}` "
+            f"(or set SPARE_CHROMIUM=/path/to/chromium)")
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL)
+        run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROMIUM_APT_PACKAGES],
+            env=env, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as e:
+        log(f"WARNING: installing Chromium failed ({e}); tests/test_browser.py will fail until `{how}` works")
+
+
 def main() -> None:
     HOST.mkdir(exist_ok=True)
     own = os.environ.get("SPARE_COMFYUI_DIR")
@@ -145,6 +171,7 @@ def main() -> None:
         comfy = unpack_comfyui()
         python = make_venv(comfy)
     link_pack(comfy)
+    ensure_chromium()
     (HOST / "host.json").write_text(json.dumps({"comfyui": str(comfy), "python": str(python)}, indent=2))
     log(f"ComfyUI host ready: {comfy} (python {python})")
 
