@@ -10,7 +10,6 @@ import math
 import torch
 from torch import nn
 
-import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 
@@ -39,12 +38,16 @@ class ComfyDenoiser:
 
     def __init__(self, model, clip, resolution: int | None = None):
         family = model_family(model)
-        sampling = model.model.model_sampling
-        eps_model = model.model.model_type == comfy.model_base.ModelType.EPS
-        if not eps_model or not isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete):
+        # The sampling object as patched onto this MODEL (e.g. by a ModelSamplingDiscrete node).
+        sampling = model.get_model_object("model_sampling")
+        eps_prediction = isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
+            sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0))
+        discrete = isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not isinstance(
+            sampling, comfy.model_sampling.ModelSamplingDiscreteEDM) and len(sampling.sigmas) == 1000
+        if not (eps_prediction and discrete):
             raise ValueError(
-                f"model: {family} is not supported; SPARE needs an eps-prediction UNet on a discrete "
-                "1000-step schedule (SD1.x, SDXL, the SPARE demo model)."
+                f"model: {family} with {type(sampling).__name__} sampling is not supported; SPARE needs an "
+                "eps-prediction UNet on a discrete 1000-step schedule (SD1.x, SDXL, the SPARE demo model)."
             )
         if not hasattr(model.model, "diffusion_model") or not hasattr(model.model.diffusion_model, "input_blocks"):
             raise ValueError(f"model: {family} is not supported; SPARE needs a UNet (SD1.x, SDXL, the demo model).")
@@ -101,6 +104,13 @@ class ComfyDenoiser:
         if ys:
             tensors["y"] = torch.cat(ys)
         return Conditioning(tensors).to(self.device, torch.float32)
+
+    def checkpoint_modules(self) -> list[nn.Module]:
+        """Units of gradient checkpointing: every ResBlock and every transformer block of the UNet."""
+        from comfy.ldm.modules.attention import BasicTransformerBlock
+        from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+        return [m for m in self.patcher.model.diffusion_model.modules() if isinstance(m, (ResBlock, BasicTransformerBlock))]
 
     def adaptable_modules(self) -> dict[str, nn.Module]:
         return {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Iterator
 
 import torch
@@ -31,10 +32,13 @@ def engine_denoiser(model, clip, resolution: int | None = None) -> Iterator[Comf
         except torch.OutOfMemoryError as e:
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
             free, total = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+            asked = re.search(r"Tried to allocate ([\d.]+) (GiB|MiB|KiB)", str(e))
+            more = float(asked.group(1)) / {"GiB": 1, "MiB": 2**10, "KiB": 2**20}[asked.group(2)] if asked else 0.0
             raise RuntimeError(
-                f"not enough GPU memory for SPARE on {device}: it had allocated {peak:.1f} GiB when it ran out "
-                f"({total / 2**30:.1f} GiB on the card, {free / 2**30:.1f} GiB free now). Lower batch_size, "
-                "resolution or samples, close other models, or start ComfyUI with --cpu (slow but works)."
+                f"not enough GPU memory for SPARE on {device}: it needed at least {peak + more:.1f} GiB "
+                f"({peak:.1f} GiB allocated at the peak, then {more:.2f} GiB more were asked for) and the card has "
+                f"{total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free now). Lower batch_size, resolution or "
+                "samples, close other models, or start ComfyUI with --cpu (slow but works)."
             ) from e
         finally:
             denoiser.release()

@@ -17,11 +17,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from .adapters import adapters_disabled, attached, build_adapters
 from .denoiser import Denoiser, model_fingerprint
 from .lora import ErasureLoRA
-from .runtime import AutocastChoice, autocast, autograd_enabled, gradients_only_for, resolve_autocast_dtype
+from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpointed, gradients_only_for,
+                      resolve_autocast_dtype)
 from .saliency import SaliencyMap
 from .sampling import add_noise, prompt_latents
 from .timesteps import TimestepProfile
@@ -43,6 +45,9 @@ class DistillConfig:
     latents_per_prompt: int = 4
     seed: int = 0
     autocast_dtype: AutocastChoice = "auto"  # "auto": bf16 on CUDA when supported, off on CPU
+    # Recompute the student's activations in backward instead of keeping them (the host names the
+    # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts with over 1.5e9 UNet weights (SDXL).
+    gradient_checkpointing: bool | str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "sampling_steps", "latents_per_prompt"):
@@ -123,7 +128,7 @@ def distill(
     prompts = list(dict.fromkeys([*targets, *surrogates, *retain_prompts]))
     row = {prompt: i for i, prompt in enumerate(prompts)}
     latent_prompts = list(dict.fromkeys([*targets, *retain_prompts]))  # the prompts whose x_0 are trained on
-    with torch.no_grad():
+    with torch.no_grad(), record_function("spare/latents"):
         conds = denoiser.encode_prompts(prompts).to(device)
         with autocast(device, precision):
             x0 = prompt_latents(denoiser, latent_prompts, conds.select([row[p] for p in latent_prompts]),
@@ -135,7 +140,8 @@ def distill(
 
     batch = config.batch_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    with gradients_only_for(denoiser.module, params), attached(denoiser, adapters):
+    with gradients_only_for(denoiser.module, params), attached(denoiser, adapters), \
+            checkpointed(_checkpoint_modules(denoiser, config.gradient_checkpointing, device)):
         for step in range(1, config.steps + 1):
             f = torch.randint(len(forget.x0), (batch,), generator=generator)
             r = torch.randint(len(keep.x0), (batch,), generator=generator)
@@ -149,9 +155,10 @@ def distill(
             teacher_cond = conds.select(torch.cat([forget.teacher_rows[f], keep.teacher_rows[r]]))
 
             # Teacher: the same network with adapters off; forget and retain rows in one batched pass.
-            with torch.no_grad(), adapters_disabled(adapters), autocast(device, precision):
+            with record_function("spare/teacher"), torch.no_grad(), adapters_disabled(adapters), \
+                    autocast(device, precision):
                 teacher = denoiser.predict_eps(x_t, t, teacher_cond).float()
-            with autocast(device, precision):
+            with record_function("spare/student"), autocast(device, precision):
                 student = denoiser.predict_eps(x_t, t, student_cond).float()
             forget_loss = F.mse_loss(student[:batch], teacher[:batch])
             retain_loss = F.mse_loss(student[batch:], teacher[batch:])
@@ -161,10 +168,12 @@ def distill(
             if not math.isfinite(value):
                 raise NonFiniteLossError(step, config.steps, value)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            with record_function("spare/backward"):
+                loss.backward()
+            with record_function("spare/optimizer"):
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
             if callback is not None:
                 callback(step, config.steps, value)
 
@@ -180,6 +189,19 @@ def distill(
         "engine_version": __version__,
     }
     return ErasureLoRA.from_adapters(adapters, metadata)
+
+
+def _checkpoint_modules(denoiser: Denoiser, choice: bool | str, device: torch.device) -> list:
+    host = getattr(denoiser, "checkpoint_modules", None)
+    if host is None or choice is False:
+        return []
+    if choice == "auto":
+        big = sum(p.numel() for p in denoiser.module.parameters()) > 1.5e9
+        if not (device.type == "cuda" and big):
+            return []
+    elif choice is not True:
+        raise ValueError(f"gradient_checkpointing must be True, False or 'auto', got {choice!r}")
+    return list(host())
 
 
 def _check_prompts(targets: list[str], surrogates: list[str], retain: list[str]) -> list[str]:

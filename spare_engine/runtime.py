@@ -58,3 +58,41 @@ def autograd_enabled() -> Iterator[None]:
     """Autograd on, even inside the caller's no_grad or inference_mode (ComfyUI runs nodes in the latter)."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+@contextlib.contextmanager
+def checkpointed(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Gradient checkpointing: inside the block each module keeps no activations for backward and
+    recomputes them in the backward pass (torch.utils.checkpoint, non-reentrant) - activation
+    memory drops to the modules' inputs, for one extra forward of them per backward.
+
+    Forward hooks on layers inside a module (the adapters) run again in the recomputation, as
+    they must; dict arguments (ComfyUI's transformer_options, mutated as the UNet runs) are
+    copied at call time so the recomputation sees what the forward saw. Without autograd (the
+    teacher pass) modules run as usual. The original forwards are restored in `finally`.
+    """
+    import torch.utils.checkpoint
+
+    patched = []
+
+    def wrap(forward):
+        def run(*args, **kwargs):
+            if not torch.is_grad_enabled():
+                return forward(*args, **kwargs)
+            args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+            kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    try:
+        for module in modules:
+            own = module.__dict__.get("forward")  # an instance-level forward someone else set, if any
+            module.forward = wrap(module.forward)
+            patched.append((module, own))
+        yield
+    finally:
+        for module, own in reversed(patched):
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
