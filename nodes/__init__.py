@@ -5,6 +5,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply_lora import ApplyErasureLora
 from .compare import ErasureCompare
+from .demo_model import SpareDemoModel
 from .distill import SpareDistill
 from .localize import SaliencyLocalize
 from .model_hash import ModelWeightsHash
@@ -15,6 +16,7 @@ class SpareExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [
+            SpareDemoModel,
             SaliencyLocalize,
             TimestepProfileNode,
             SpareDistill,

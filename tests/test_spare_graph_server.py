@@ -160,3 +160,12 @@ def test_saliency_from_another_model_is_refused(comfy_server, erased):
         "model": ["demo", 0], "lora_name": f"{SAVE_NAME}.safetensors", "strength": 5.0}}
     entry = comfy_server.wait(comfy_server.queue(wf))
     assert "saliency: saliency map was computed on model" in error_message(entry)
+
+
+def test_a_v_prediction_model_is_refused_by_name(comfy_server):
+    wf = spare_workflow()
+    wf["vpred"] = {"class_type": "ModelSamplingDiscrete", "inputs": {
+        "model": ["demo", 0], "sampling": "v_prediction", "zsnr": False}}
+    wf["localize"]["inputs"]["model"] = ["vpred", 0]
+    entry = comfy_server.wait(comfy_server.queue(wf))
+    assert "with ModelSamplingAdvanced sampling is not supported" in error_message(entry)

@@ -1,0 +1,137 @@
+"""Stage 2: text encoder and UNet, trained jointly on cached VAE latents.
+
+Standard SD1 recipe, small: eps-prediction MSE (weighted like a v-loss) on
+ComfyUI's own discrete 1000-step scaled-linear schedule, a random prompt phrasing per sample, and the
+empty prompt 10% of the time so classifier-free guidance works.
+"""
+import hashlib
+import os
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import config
+from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, make_grid_set, prompt
+from .common import CACHE_DIR, Clock, cosine_lr, init_like_torch, save_fp16
+from .vae import encode, load_thin
+
+PER_PAIR = 16  # training images of every object x style pair
+STEPS = 1300
+BATCH = 32
+LR = 2e-3
+UNCOND_P = 0.1
+CHECKPOINT_EVERY = 200
+
+
+def cached_latents(log):
+    """Latents of the training images, computed once per VAE + data recipe."""
+    vae_digest = hashlib.sha256(config.VAE_FILE.read_bytes()).hexdigest()[:12]
+    path = os.path.join(CACHE_DIR, f"latents_{vae_digest}_{PER_PAIR}_{config.SEED}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    log(f"encoding {PER_PAIR * len(OBJECTS) * len(STYLES)} training images")
+    images, objects, styles = make_grid_set(PER_PAIR, seed=config.SEED + 10)
+    data = {"latents": encode(load_thin(), images), "objects": torch.from_numpy(objects),
+            "styles": torch.from_numpy(styles)}
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
+def prompt_tokens(tokenizer):
+    """Token ids [n_objects, n_styles, n_templates, 77] and the empty prompt's [77]."""
+    def ids(text):
+        return [t for t, _ in tokenizer.tokenize_with_weights(text)["l"][0]]
+    table = torch.tensor([[[ids(prompt(o, s, k)) for k in range(len(PROMPT_TEMPLATES))]
+                           for s in STYLES] for o in OBJECTS])
+    return table, torch.tensor(ids(""))
+
+
+def _out_of_place_layer_forward(self, x, mask=None, optimized_attention=None):
+    """comfy's CLIPLayer.forward with `x = x + ...` for its in-place `x += ...`,
+    which autograd cannot differentiate through; same numbers."""
+    x = x + self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+    return x + self.mlp(self.layer_norm2(x))
+
+
+def new_models():
+    import comfy.ops
+    from ..model import DemoClipModel, DemoSD1Tokenizer, new_base_model
+    unet = new_base_model().diffusion_model
+    init_like_torch(unet, zero_suffixes=("out.2", "out_layers.3", "proj_out"))
+    clip = DemoClipModel(dtype=torch.float32, model_options={"custom_operations": comfy.ops.disable_weight_init})
+    init_like_torch(clip)
+    for p in clip.parameters():
+        p.requires_grad_(True)  # SDClipModel freezes itself on construction
+    for layer in clip.clip_l.transformer.text_model.encoder.layers:
+        layer.forward = types.MethodType(_out_of_place_layer_forward, layer)
+    return unet, clip, DemoSD1Tokenizer()
+
+
+def alphas_cumprod():
+    """ᾱ_t of the schedule ComfyUI samples with (ModelSamplingDiscrete, EPS)."""
+    import comfy.model_base
+    from ..model import DemoModelConfig
+    sampling = comfy.model_base.model_sampling(DemoModelConfig(config.UNET_CONFIG), comfy.model_base.ModelType.EPS)
+    return 1.0 / (1.0 + sampling.sigmas.float() ** 2)
+
+
+def save(unet, clip):
+    save_fp16(unet.state_dict(), config.UNET_FILE)
+    save_fp16(clip.state_dict(), config.TEXT_ENCODER_FILE)
+
+
+def train(log):
+    clock = Clock()
+    torch.manual_seed(config.SEED)
+    gen = torch.Generator().manual_seed(config.SEED + 3)
+    data = cached_latents(log)
+    latents, objects, styles = data["latents"], data["objects"], data["styles"]
+    log(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
+    unet, clip, tokenizer = new_models()
+    tokens, empty = prompt_tokens(tokenizer)
+    text_model = clip.clip_l.transformer
+    abar = alphas_cumprod()
+
+    embeddings = [text_model.get_input_embeddings().weight, text_model.text_model.embeddings.position_embedding.weight]
+    others = [p for p in list(unet.parameters()) + list(clip.parameters()) if all(p is not e for e in embeddings)]
+    # No weight decay on embeddings: rows of unused tokens would just shrink towards zero.
+    opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.01},
+                             {"params": embeddings, "weight_decay": 0.0}], lr=LR)
+    losses = []
+    for step in range(STEPS):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, STEPS, LR, warmup=100)
+        idx = torch.randint(0, len(latents), (BATCH,), generator=gen)
+        template = torch.randint(0, len(PROMPT_TEMPLATES), (BATCH,), generator=gen)
+        ids = tokens[objects[idx], styles[idx], template]
+        drop = torch.rand(BATCH, generator=gen) < UNCOND_P
+        ids[drop] = empty
+        context = text_model(ids)[0]
+
+        x0 = latents[idx] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
+        t = torch.randint(0, len(abar), (BATCH,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t.float(), context=context)
+        # v-loss weighting (1 + sigma^2 = 1 / abar): at SD's sigma_max of 14.6 the sampler
+        # turns eps errors into x0 errors 200x larger, and a tiny UNet only becomes that
+        # precise when those timesteps weigh as much as they matter.
+        weight = 1 / abar[t]
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(others, 1.0)
+        opt.step()
+        losses.append(F.mse_loss(pred.detach(), noise).item())
+        if step % 50 == 0 or step == STEPS - 1:
+            log(f"diffusion step {step} eps-mse {np.mean(losses[-50:]):.4f} ({clock.minutes():.1f} min)")
+        if (step + 1) % CHECKPOINT_EVERY == 0:
+            save(unet, clip)
+    save(unet, clip)
+    return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(latents),
+            "losses": losses}
