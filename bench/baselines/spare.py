@@ -1,0 +1,86 @@
+"""SPARE itself (spare_engine), behind the same `erase(...)` interface as the baselines, with its ablations.
+
+saliency -> timestep profile -> self-distillation, all three on one set of latents that the
+frozen model draws for the target and retain prompts (each stage would otherwise draw its own).
+Ablations are switches of this config:
+  * no saliency      top_modules = 1.0   (a LoRA on every candidate layer)
+  * uniform steps    timesteps = "uniform"
+  * no retain term   retain_weight = 0
+  * row sparsity     row_fraction = q    (finer than the default per-module selection)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from spare_engine import (DistillConfig, TimestepProfile, compute_saliency, compute_timestep_profile, distill)
+
+from .common import Callback, PromptRows, frozen_latents
+
+
+@dataclass
+class SpareConfig:
+    # stage 1
+    top_modules: float | int = 0.5
+    row_fraction: float | None = None
+    samples_per_latent: int = 2
+    # timesteps
+    timesteps: str = "concept"  # or "uniform"
+    grid_size: int = 20
+    uniform_mix: float = 0.2
+    # stage 2 (spare_engine.DistillConfig defaults)
+    rank: int = 4
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 1
+    forget_weight: float = 1.0
+    retain_weight: float = 1.0
+    latents_per_prompt: int = 4
+    sampling_steps: int = 20
+    cfg_scale: float = 7.5
+    seed: int = 0
+
+    def distill_config(self) -> DistillConfig:
+        names = {f.name for f in fields(DistillConfig)}
+        return DistillConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+
+def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str],
+          config: SpareConfig | None = None, callback: Callback | None = None):
+    config = config or SpareConfig()
+    generator = torch.Generator().manual_seed(config.seed)
+    prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
+    latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
+                             steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
+    saliency = compute_saliency(denoiser, targets, latents={t: latents[t] for t in targets},
+                                samples_per_latent=config.samples_per_latent, top_modules=config.top_modules,
+                                row_fraction=config.row_fraction, seed=config.seed)
+    if config.timesteps == "uniform":
+        profile = TimestepProfile.uniform(len(denoiser.alphas_cumprod))
+    elif config.timesteps == "concept":
+        profile = compute_timestep_profile(denoiser, targets, surrogates, latents={t: latents[t] for t in targets},
+                                           grid_size=config.grid_size, uniform_mix=config.uniform_mix,
+                                           seed=config.seed)
+    else:
+        raise ValueError(f"timesteps must be 'concept' or 'uniform', got {config.timesteps!r}")
+    losses = []
+
+    def record(step, total, loss):
+        losses.append(loss)
+        if callback is not None:
+            callback(step, total, loss)
+
+    lora = distill(denoiser, targets, surrogates, retain, saliency, profile, config.distill_config(),
+                   callback=record, latents=latents)
+    selection = saliency.select()
+    layers = denoiser.adaptable_modules()
+    trainable = 0
+    for name in selection:
+        a = lora.down[name].numel()  # down is fully trained; up only on its kept rows
+        rows = selection[name]
+        up = lora.up[name]
+        trainable += a + (up.numel() if rows is None else int(rows.sum()) * up[0].numel())
+    info = {"method": "SPARE", "config": asdict(config), "layers": len(selection),
+            "candidate_layers": len(layers), "trainable_params": trainable, "losses": losses}
+    return lora.state_dict(), info

@@ -1,0 +1,3 @@
+from .. import _Unavailable
+
+SubtitleStream = _Unavailable

@@ -1,0 +1,546 @@
+"""The benchmark: SPARE against ESD-x, ESD-u, SalUn and UCE on the demo world, one harness, one run.
+
+    python -m bench.run --quick            # CPU: 2 styles + 2 objects, <= 60 min on 2 cores
+    python -m bench.run --full             # GPU: every concept as target
+    python -m bench.run --tune --quick     # the equal hyper-parameter budget on the tuning targets
+
+For every target: each method erases it (same prompts, same data-free latents recipe, same
+seed), the result - a ComfyUI LoRA state dict - is applied to a clone of the demo MODEL with
+ComfyUI's own LoRA patches, the evaluation images are generated with demo_world.generate
+(euler, 20 steps, cfg 6, 128x128), both classifiers judge them, and UA / IRA / CRA come from
+demo_world.metrics. Costs per erasure: wall time, peak RSS growth (sampled), stored size
+(safetensors file), trainable parameters. Results: bench/results/<name>.{json,md,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TUNED_FILE = RESULTS / "tuning_{profile}.json"
+
+# ------------------------------------------------------------------------------------- targets
+
+REPORTED_QUICK = {"style": ["Watercolor", "Blueprint"], "object": ["heart", "arrow"]}
+TUNING = {"style": ["Checkerboard"], "object": ["hexagon"]}
+MULTI = ["Watercolor", "Blueprint", "Neon", "Zigzag", "Sunset", "Camouflage"]  # styles, erased 1 / 3 / 6 at once
+STRENGTHS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+
+
+@dataclass
+class Profile:
+    name: str
+    target_prompts: int  # prompts per target (the target with that many other-domain partners)
+    retain_prompts: int  # in-domain retain prompts (one per kept concept, at most this many)
+    eval_per_concept: int | None  # images per non-target concept in the eval set; None: the full grid
+    eval_seeds: tuple = (0,)
+    ablation_targets: int = 4  # the first n reported targets get the ablations
+    curve_targets: int = 4
+    multi_sizes: tuple = (1, 3, 6)
+    multi_methods: tuple = ("SPARE", "UCE")
+    budget_minutes: float = 60.0
+
+
+PROFILES = {
+    "quick": Profile("quick", target_prompts=4, retain_prompts=6, eval_per_concept=1, ablation_targets=2,
+                     curve_targets=2, budget_minutes=55.0),
+    "full": Profile("full", target_prompts=8, retain_prompts=11, eval_per_concept=None, eval_seeds=(0, 1),
+                    multi_methods=("SPARE", "UCE", "ESD-x", "SalUn"), budget_minutes=600.0),
+}
+
+
+def method_configs(profile: str) -> dict:
+    """The untuned settings per method on the demo model (the tuning file, when present, replaces them)."""
+    from bench.baselines import esd, salun, spare, uce
+
+    fast = profile == "quick"
+    return {
+        # spare_engine defaults, except two latents per prompt on CPU (DistillConfig default: 4).
+        # The pack's node defaults (lr 1e-3; spare_engine's DistillConfig: 1e-4, batch 1, 200 steps);
+        # on the CPU profile: batch 2, 120 steps, two latents per prompt, a 10-level timestep grid.
+        "SPARE": spare.SpareConfig(lr=1e-3, **({"latents_per_prompt": 2, "batch_size": 2, "steps": 120, "grid_size": 10}
+                                              if fast else {"batch_size": 4})),
+        # CPU profile: 100 iterations at 1e-4 (paper: 1000 at 1e-5, the same largest total move per weight),
+        # z_t on a 10-step DDIM grid.
+        "ESD-x": replace(esd.ESDConfig.demo("x"), **({"iterations": 100, "lr": 1e-4, "ddim_steps": 10} if fast else {})),
+        "ESD-u": replace(esd.ESDConfig.demo("u"), **({"iterations": 100, "lr": 1e-4, "ddim_steps": 10} if fast else {})),
+        # CPU profile: 50 steps of batch 4 (+4 retain), two latents per prompt.
+        "SalUn": replace(salun.SalUnConfig.demo(), **({"steps": 50, "batch_size": 4, "latents_per_prompt": 2} if fast else {})),
+        "UCE": uce.UCEConfig.demo(),
+    }
+
+
+def tuning_grid(method: str) -> list[dict]:
+    """The same budget for every method: three settings each, tried on the tuning targets."""
+    return {
+        "SPARE": [{"lr": 3e-4}, {"lr": 1e-3}, {"lr": 3e-3}],
+        "ESD-x": [{"lr": 3e-5}, {"lr": 1e-4}, {"lr": 3e-4}],
+        "ESD-u": [{"lr": 3e-5}, {"lr": 1e-4}, {"lr": 3e-4}],
+        "SalUn": [{"keep": "largest", "lr": 1e-4}, {"keep": "smallest", "lr": 1e-4}, {"keep": "largest", "lr": 3e-4}],
+        "UCE": [{"tokens": "last"}, {"tokens": "last_to_end"}, {"tokens": "last_to_end", "preserve_scale": 0.1}],
+    }[method]
+
+
+ABLATIONS = {
+    "SPARE (no saliency: all layers)": {"top_modules": 1.0},
+    "SPARE (uniform timesteps)": {"timesteps": "uniform"},
+    "SPARE (no retain term)": {"retain_weight": 0.0},
+    "SPARE (row sparsity 0.25)": {"row_fraction": 0.25},
+}
+
+# ------------------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class Task:
+    domain: str
+    concepts: list[str]
+    surrogate_concepts: list[str]
+    targets: list[str] = field(default_factory=list)
+    surrogates: list[str] = field(default_factory=list)
+    retain: list[str] = field(default_factory=list)
+    retain_concepts: list[str] = field(default_factory=list)
+
+    def inputs(self, method: str) -> tuple[list[str], list[str], list[str]]:
+        """Every method gets the same prompts; UCE also its native input, the bare concept names."""
+        if method == "UCE":
+            return ([*self.concepts, *self.targets], [*self.surrogate_concepts, *self.surrogates],
+                    [*self.retain_concepts, *self.retain])
+        return self.targets, self.surrogates, self.retain
+
+
+def _domains():
+    from demo_world.dataset import OBJECTS, STYLES
+    return {"object": OBJECTS, "style": STYLES}
+
+
+def concept_domain(concept: str) -> str:
+    return next(d for d, names in _domains().items() if concept in names)
+
+
+def make_prompt(domain: str, concept: str, partner: str, template: int) -> str:
+    from demo_world.dataset import prompt
+    return prompt(concept, partner, template) if domain == "object" else prompt(partner, concept, template)
+
+
+def surrogate_for(concept: str, taken: list[str]) -> str:
+    """The next concept of the same domain (cyclic) that is not being erased: SalUn's (c + 1) mod K rule."""
+    names = _domains()[concept_domain(concept)]
+    i = names.index(concept)
+    return next(names[(i + k) % len(names)] for k in range(1, len(names)) if names[(i + k) % len(names)] not in taken)
+
+
+def build_task(concepts: list[str], profile: Profile, seed: int = 0) -> Task:
+    from demo_world.dataset import PROMPT_TEMPLATES
+
+    domain = concept_domain(concepts[0])
+    own, other = _domains()[domain], _domains()["style" if domain == "object" else "object"]
+    rng = random.Random(f"{seed}:{'|'.join(concepts)}")
+    task = Task(domain, list(concepts), [surrogate_for(c, concepts) for c in concepts])
+    for concept, surrogate in zip(task.concepts, task.surrogate_concepts):
+        for i, partner in enumerate(rng.sample(other, profile.target_prompts)):
+            template = i % len(PROMPT_TEMPLATES)
+            task.targets.append(make_prompt(domain, concept, partner, template))
+            task.surrogates.append(make_prompt(domain, surrogate, partner, template))
+    kept = [c for c in own if c not in concepts]
+    if profile.retain_prompts < len(kept):  # evenly spread over the domain's list
+        step = len(kept) / profile.retain_prompts
+        kept = [kept[int(i * step)] for i in range(profile.retain_prompts)]
+    task.retain_concepts = kept
+    task.retain = [make_prompt(domain, c, rng.choice(other), rng.randrange(len(PROMPT_TEMPLATES))) for c in kept]
+    return task
+
+
+def eval_items(domain: str, targets: list[str], profile: Profile) -> list:
+    """The generation set an erasure is judged on (UnlearnCanvas phrasing, template 0).
+
+    Full profile: every object x style pair per seed. Quick profile: every image of the
+    targets (target x each other-domain concept), plus `eval_per_concept` images of every
+    other concept of the domain, partners spread so each other-domain concept appears too.
+    """
+    from demo_world.metrics import GenerationItem, generation_set
+
+    if profile.eval_per_concept is None:
+        return generation_set(profile.eval_seeds)
+    own, other = _domains()[domain], _domains()["style" if domain == "object" else "object"]
+    items = []
+
+    def item(concept, partner, seed):
+        obj, style = (concept, partner) if domain == "object" else (partner, concept)
+        return GenerationItem(make_prompt(domain, concept, partner, 0), obj, style, seed)
+
+    for seed in profile.eval_seeds:
+        for c in targets:
+            items += [item(c, x, seed) for x in other]
+        kept = [c for c in own if c not in targets]
+        for i, c in enumerate(kept):
+            items += [item(c, other[(i * profile.eval_per_concept + j) % len(other)], seed)
+                      for j in range(profile.eval_per_concept)]
+    return items
+
+
+def score(domain: str, targets: list[str], judgements, items) -> dict:
+    """UA / IRA / CRA of one erasure from the classifiers' judgements of its eval items (None: no classifiers)."""
+    from demo_world.metrics import erasure_metrics, records
+
+    if judgements is None:
+        return {"UA": None, "IRA": None, "CRA": None}
+    return erasure_metrics(records(items, judgements), domain, targets)
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+class RssMonitor:
+    """Peak resident-set-size growth while running, sampled every 10 ms with psutil, after malloc_trim.
+
+    (tracemalloc does not see torch's allocations; ru_maxrss is a lifetime maximum that a
+    previous method may already have raised.) Includes allocator caching; CPU memory only,
+    CUDA peaks are read from torch.cuda separately.
+    """
+
+    def __init__(self, interval: float = 0.01):
+        import ctypes
+        import gc
+
+        import psutil
+
+        # Hand freed memory back to the OS first, so that the growth counts this run's allocations
+        # rather than being hidden by what earlier runs left in malloc's free lists.
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+        self.process, self.interval = psutil.Process(), interval
+        self.start_rss = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start_rss) / 2 ** 20
+
+
+def stored_bytes(state) -> int:
+    """Size of the safetensors file a user keeps (ComfyUI loads it as a LoRA)."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "erasure.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        return os.path.getsize(path)
+
+
+class Bench:
+    def __init__(self, profile: Profile, threads: int, log=print):
+        import torch
+
+        from bench.host import setup
+
+        self.engine_denoiser = setup()
+        torch.set_num_threads(threads)
+        import comfy.lora
+
+        from demo_world import config as demo_config
+        from demo_world.model import load_demo_model
+        from spare_engine import weights_hash
+
+        self.comfy_lora = comfy.lora
+        self.profile, self.log = profile, log
+        self.model, self.clip, self.vae = load_demo_model()
+        self.weights_hash = weights_hash
+        self.host_hash = weights_hash(self.model.model.diffusion_model)
+        self.classifiers_ok = demo_config.CLASSIFIERS_FILE.exists()
+        self.base_cache: dict = {}
+        self.started = time.perf_counter()
+
+    # --- time budget
+    def minutes(self) -> float:
+        return (time.perf_counter() - self.started) / 60
+
+    def over_budget(self) -> bool:
+        return self.minutes() > self.profile.budget_minutes
+
+    # --- erasing
+    def erase(self, method: str, config, task: Task) -> dict:
+        from bench.baselines import METHODS
+
+        fn = METHODS[method][0]
+        targets, surrogates, retain = task.inputs(method)
+        import torch
+
+        with self.engine_denoiser(self.model, self.clip) as denoiser:
+            with RssMonitor() as memory:
+                start = time.perf_counter()
+                state, info = fn(denoiser, targets, surrogates, retain, config)
+                seconds = time.perf_counter() - start
+        if self.weights_hash(self.model.model.diffusion_model) != self.host_hash:
+            raise RuntimeError(f"{method} changed the host's weights")
+        run = {"seconds": seconds, "peak_rss_mb": memory.growth_mb, "stored_bytes": stored_bytes(state),
+               "trainable_params": info["trainable_params"], "info": {k: v for k, v in info.items() if k != "losses"},
+               "final_loss": info.get("losses", [None])[-1] if info.get("losses") else None}
+        if torch.cuda.is_available():
+            run["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        return {"state": state, **run}
+
+    # --- applying and judging
+    def patched(self, state, strength: float):
+        key_map = self.comfy_lora.model_lora_keys_unet(self.model.model, {})
+        patches = self.comfy_lora.load_lora(state, key_map, log_missing=False)
+        expected = {k.rsplit(".", 2)[0] if k.endswith(".lora_down.weight") else k.rsplit(".", 1)[0]
+                    for k in state if not k.endswith((".alpha", ".lora_up.weight"))}
+        layers = {k.rsplit(".", 1)[0] for k in patches}
+        if not expected <= {k for k in layers}:
+            raise RuntimeError(f"ComfyUI's LoRA loader matched only {len(layers)} of {len(expected)} layers")
+        model = self.model.clone()
+        model.add_patches(patches, strength)
+        return model
+
+    def judge(self, model, items) -> list | None:
+        from demo_world.classifiers import classify
+        from demo_world.generate import generate
+
+        import comfy.model_management
+
+        images = generate(model, self.clip, self.vae, [i.prompt for i in items], [i.seed for i in items])
+        # ComfyUI patches the shared weights in place while a patched clone is loaded; unloading restores
+        # them. Checked, so that no erasure ever trains on (or is judged against) another's weights.
+        comfy.model_management.unload_all_models()
+        if self.weights_hash(self.model.model.diffusion_model) != self.host_hash:
+            raise RuntimeError("the demo model's weights differ from the original after unloading a patched clone")
+        return classify(images) if self.classifiers_ok else None
+
+    def judge_base(self, items) -> list | None:
+        missing = [i for i in items if (i.prompt, i.seed) not in self.base_cache]
+        if missing:
+            for i, j in zip(missing, self.judge(self.model, missing) or [None] * len(missing)):
+                self.base_cache[(i.prompt, i.seed)] = j
+        judgements = [self.base_cache[(i.prompt, i.seed)] for i in items]
+        return None if any(j is None for j in judgements) else judgements
+
+    def metrics(self, domain: str, targets: list[str], judgements, items) -> dict:
+        return score(domain, targets, judgements, items)
+
+    def evaluate(self, state, strength: float, task: Task) -> tuple[dict, float]:
+        items = eval_items(task.domain, task.concepts, self.profile)
+        start = time.perf_counter()
+        judgements = self.judge(self.patched(state, strength), items)
+        return self.metrics(task.domain, task.concepts, judgements, items), time.perf_counter() - start
+
+    def row(self, method: str, config, task: Task, label: str | None = None, strengths=(1.0,)) -> list[dict]:
+        run = self.erase(method, config, task)
+        rows = []
+        for strength in strengths:
+            scores, eval_seconds = self.evaluate(run["state"], strength, task)
+            rows.append({"method": label or method, "domain": task.domain, "targets": task.concepts,
+                         "surrogates": task.surrogate_concepts, "strength": strength, **scores,
+                         **{k: v for k, v in run.items() if k != "state"}, "config": asdict(config),
+                         "eval_seconds": eval_seconds})
+            self.log(f"[{self.minutes():5.1f} min] {label or method:34s} {','.join(task.concepts):22s} s={strength:<4} "
+                     + " ".join(f"{m}={scores[m]:.2f}" if scores[m] is not None else f"{m}=n/a" for m in ("UA", "IRA", "CRA"))
+                     + f"  erase {run['seconds']:.1f}s  eval {eval_seconds:.1f}s")
+        return rows
+
+
+# ------------------------------------------------------------------------------------- the runs
+
+
+def load_tuned(profile: str) -> dict | None:
+    path = Path(str(TUNED_FILE).format(profile=profile))
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def configs_for(profile: str) -> tuple[dict, dict | None]:
+    configs = method_configs(profile)
+    tuned = load_tuned(profile)
+    if tuned:
+        configs = {m: replace(c, **tuned["chosen"].get(m, {})) for m, c in configs.items()}
+    return configs, tuned
+
+
+def tune(bench: Bench, profile: Profile, name: str) -> dict:
+    """Every method tries its tuning_grid on the tuning targets; the best mean(UA, IRA, CRA) wins."""
+    from bench.metrics import overall
+
+    base = method_configs(profile.name)
+    tasks = [build_task([c], profile) for d in ("style", "object") for c in TUNING[d]]
+    trials, chosen = [], {}
+    for method, config in base.items():
+        scores = []
+        for settings in tuning_grid(method):
+            rows = [r for task in tasks for r in bench.row(method, replace(config, **settings), task,
+                                                             label=f"{method} {settings}")]
+            value = (sum(overall(r) for r in rows) / len(rows)) if all(r["UA"] is not None for r in rows) else None
+            scores.append(value)
+            trials.append({"method": method, "settings": settings, "mean3": value, "rows": rows})
+        best = max(range(len(scores)), key=lambda i: (scores[i] is not None, scores[i] or 0.0))
+        chosen[method] = tuning_grid(method)[best]
+    result = {"profile": profile.name, "tuning_targets": TUNING, "grid_size_per_method": 3, "chosen": chosen,
+              "trials": trials, "minutes": bench.minutes()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(str(TUNED_FILE).format(profile=profile.name)).write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], write) -> dict:
+    configs, tuned = configs_for(profile.name)
+    if profile.name == "full":
+        reported = {d: list(names) for d, names in _domains().items()}
+    else:
+        reported = REPORTED_QUICK
+    targets = [c for d in ("style", "object") for c in reported[d]]
+    # quick profile: interleave domains so the first n targets cover both (ablations / curve use the first n)
+    if profile.name == "quick":
+        targets = [reported["style"][0], reported["object"][0], reported["style"][1], reported["object"][1]]
+    result = {
+        "name": name, "profile": asdict(profile), "reported_targets": reported, "tuning_targets": TUNING,
+        "tuning": {"chosen": tuned["chosen"], "file": str(TUNED_FILE).format(profile=profile.name)} if tuned else None,
+        "configs": {m: asdict(c) for m, c in configs.items()},
+        "paper_configs": paper_configs(),
+        "classifiers": bench.classifiers_ok, "rows": [], "base": [], "curve": [], "multi": [], "skipped": [],
+    }
+    result["weights"] = weight_files()
+    tasks = {c: build_task([c], profile) for c in targets}
+    result["prompts"] = {c: asdict(t) for c, t in tasks.items()}
+    for c in targets:  # the original model on every eval set
+        task = tasks[c]
+        items = eval_items(task.domain, [c], profile)
+        scores = bench.metrics(task.domain, [c], bench.judge_base(items), items)
+        result["base"].append({"method": "original model", "domain": task.domain, "targets": [c], **scores})
+    result["notes"] = sanity_notes(result)
+    write(result)
+    for c in targets:
+        for method in methods:
+            if bench.over_budget():
+                result["skipped"].append(f"{method} on {c}")
+                continue
+            strengths = STRENGTHS if method == "SPARE" and targets.index(c) < profile.curve_targets else (1.0,)
+            rows = bench.row(method, configs[method], tasks[c], strengths=strengths)
+            result["rows"] += [r for r in rows if r["strength"] == 1.0]
+            result["curve"] += rows if len(strengths) > 1 else []
+            write(result)
+    for c in targets[:profile.ablation_targets]:
+        for label, switch in ABLATIONS.items():
+            if bench.over_budget():
+                result["skipped"].append(f"{label} on {c}")
+                continue
+            result["rows"] += bench.row("SPARE", replace(configs["SPARE"], **switch), tasks[c], label=label)
+            write(result)
+    for size in profile.multi_sizes:
+        task = build_task(MULTI[:size], profile)
+        for method in profile.multi_methods:
+            if bench.over_budget():
+                result["skipped"].append(f"{method} on {size} concepts")
+                continue
+            rows = bench.row(method, configs[method], task, label=method)
+            result["multi"] += [{**r, "n_concepts": size} for r in rows]
+            write(result)
+    if not bench.over_budget() and "ESD-x" in methods:
+        # ESD-x at the paper's settings is too slow to run per target on a CPU; time 20 of its 1000 iterations.
+        from bench.baselines import esd
+
+        probe = replace(esd.ESDConfig.paper("x"), iterations=20)
+        run = bench.erase("ESD-x", probe, tasks[targets[0]])
+        result["esd_x_paper_estimate"] = {
+            "measured_iterations": 20, "measured_seconds": run["seconds"],
+            "estimated_seconds_for_1000": run["seconds"] / 20 * 1000, "config": asdict(probe),
+            "note": "extrapolated (linear in iterations) from 20 measured iterations at the paper's settings"}
+        write(result)
+    else:
+        result["skipped"].append("ESD-x paper-setting timing")
+    result["host_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
+    result["minutes"] = bench.minutes()
+    write(result)
+    return result
+
+
+def weight_files() -> dict:
+    """Which demo-world weights were measured: sha256 prefix and modification time per file."""
+    import hashlib
+
+    from demo_world import config as demo_config
+
+    out = {}
+    for path in sorted(demo_config.WEIGHTS_DIR.glob("*.safetensors")):
+        out[path.name] = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                          "modified": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.stat().st_mtime))}
+    return out
+
+
+def sanity_notes(result: dict) -> list[str]:
+    """Warn when the original model does not draw its own concepts: then no erasure metric means anything."""
+    notes = []
+    if not result["classifiers"]:
+        notes.append("demo_world/weights/classifiers.safetensors is missing: UA/IRA/CRA are not measured.")
+        return notes
+    base = [r for r in result["base"] if r.get("IRA") is not None]
+    if base:
+        accuracy = sum(1 - r["UA"] for r in base) / len(base)
+        retain = sum((r["IRA"] + r["CRA"]) / 2 for r in base) / len(base)
+        if accuracy < 0.5 or retain < 0.5:
+            notes.append(f"The ORIGINAL model's target accuracy is {accuracy:.0%} and its mean(IRA, CRA) {retain:.0%}: "
+                         "the demo model and/or classifiers are not (yet) trained, so the UA/IRA/CRA of this run "
+                         "mean nothing; time, memory, storage and parameter counts are still measured.")
+    return notes
+
+
+def paper_configs() -> dict:
+    from bench.baselines import esd, salun, spare, uce
+
+    return {"SPARE": asdict(spare.SpareConfig()), "ESD-x": asdict(esd.ESDConfig.paper("x")),
+            "ESD-u": asdict(esd.ESDConfig.paper("u")), "SalUn": asdict(salun.SalUnConfig.paper()),
+            "UCE": asdict(uce.UCEConfig.paper())}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="reduced CPU set (default)")
+    mode.add_argument("--full", action="store_true", help="every concept as target (GPU)")
+    parser.add_argument("--tune", action="store_true", help="run the tuning budget instead of the benchmark")
+    parser.add_argument("--name", default=None, help="results file name (default: the profile's name)")
+    parser.add_argument("--methods", default="SPARE,ESD-x,ESD-u,SalUn,UCE")
+    parser.add_argument("--budget-minutes", type=float, default=None, help="skip what would start after this")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    profile = PROFILES["full" if args.full else "quick"]
+    if args.budget_minutes is not None:
+        profile = replace(profile, budget_minutes=args.budget_minutes)
+    name = args.name or (f"tuning_{profile.name}" if args.tune else profile.name)
+    bench = Bench(profile, args.threads)
+    if args.tune:
+        tune(bench, profile, name)
+        return
+    from bench.report import write_all
+
+    benchmark(bench, profile, name, args.methods.split(","), lambda result: write_all(result, RESULTS / name))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The harness's bookkeeping against hand-computed cases: prompts, eval sets, UA/IRA/CRA, aggregation, acceptance."""
+from dataclasses import replace
+
+import pytest
+
+from bench import metrics, run
+from demo_world.classifiers import Judgement
+from demo_world.dataset import OBJECTS, STYLES
+
+QUICK = run.PROFILES["quick"]
+
+
+def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_of_retain():
+    task = run.build_task(["heart"], QUICK)
+    assert task.surrogate_concepts == ["cross"]  # the next object, as SalUn's (c + 1) mod K
+    assert len(task.targets) == len(task.surrogates) == QUICK.target_prompts
+    for t, s in zip(task.targets, task.surrogates):
+        assert "heart" in t and t.replace("heart", "cross") == s
+    assert len(task.retain) == QUICK.retain_prompts and not any("heart" in r for r in task.retain)
+    multi = run.build_task(["Watercolor", "Neon"], QUICK)
+    assert multi.surrogate_concepts == ["Pixel Mosaic", "Pixel Mosaic"]  # never another target
+    targets, surrogates, retain = multi.inputs("UCE")
+    assert targets[:2] == ["Watercolor", "Neon"] and retain[: len(multi.retain_concepts)] == multi.retain_concepts
+
+
+def test_quick_eval_set_covers_every_concept():
+    items = run.eval_items("object", ["heart"], QUICK)
+    assert len(items) == 12 + 11
+    assert sorted(i.style for i in items if i.object == "heart") == sorted(STYLES)
+    assert {i.object for i in items} == set(OBJECTS) and {i.style for i in items} == set(STYLES)
+    full = run.eval_items("style", ["Neon"], run.PROFILES["full"])
+    assert len(full) == 12 * 12 * 2
+
+
+def test_scores_by_hand():
+    items = run.eval_items("object", ["heart"], QUICK)
+    judgements = []
+    for i in items:
+        obj, style = i.object, i.style
+        if i.object == "heart" and i.style not in STYLES[:3]:
+            obj = "cross"  # 9 of the 12 heart images no longer show a heart
+        if i.object == "heart" and i.style == STYLES[0]:
+            style = "Neon"  # one style mistake, on a Candy Stripes image
+        if i.object == "circle":
+            obj = "square"  # the one circle image is drawn wrong
+        judgements.append(Judgement(obj, 1.0, style, 1.0))
+    scores = run.score("object", ["heart"], judgements, items)
+    assert scores["UA"] == pytest.approx(1 - 3 / 12)
+    assert scores["IRA"] == pytest.approx(10 / 11)  # 11 kept objects, one image each, circle wrong
+    # Candy Stripes has two images (heart row + circle), one wrong; the other 11 styles are all right.
+    assert scores["CRA"] == pytest.approx((0.5 + 11) / 12)
+    assert run.score("object", ["heart"], None, items) == {"UA": None, "IRA": None, "CRA": None}
+
+
+ROWS = [
+    {"method": "SPARE", "domain": "style", "UA": 0.9, "IRA": 0.8, "CRA": 1.0, "seconds": 10, "stored_bytes": 100,
+     "trainable_params": 10, "peak_rss_mb": 5},
+    {"method": "SPARE", "domain": "object", "UA": 1.0, "IRA": 0.9, "CRA": 0.8, "seconds": 20, "stored_bytes": 100,
+     "trainable_params": 10, "peak_rss_mb": 7},
+    {"method": "ESD-x", "domain": "style", "UA": 0.5, "IRA": 0.9, "CRA": 0.9, "seconds": 200, "stored_bytes": 20000,
+     "trainable_params": 1000, "peak_rss_mb": 50},
+    {"method": "UCE", "domain": "style", "UA": None, "IRA": None, "CRA": None, "seconds": 1, "stored_bytes": 10,
+     "trainable_params": 1, "peak_rss_mb": 1},
+]
+
+
+def test_summary_by_hand():
+    s = metrics.summarize(ROWS)
+    assert s["SPARE"]["style"] == {"UA": 0.9, "IRA": 0.8, "CRA": 1.0}
+    assert s["SPARE"]["UA"] == pytest.approx(0.95) and s["SPARE"]["IRA"] == pytest.approx(0.85)
+    assert s["SPARE"]["CRA"] == pytest.approx(0.9) and s["SPARE"]["retain"] == pytest.approx(0.875)
+    assert s["SPARE"]["mean3"] == pytest.approx(0.9) and s["SPARE"]["seconds"] == 15
+    assert s["ESD-x"]["mean3"] == pytest.approx((0.5 + 0.9 + 0.9) / 3)
+    assert "UA" not in s["UCE"] and s["UCE"]["seconds"] == 1  # costs only, without classifiers
+    assert metrics.retain_score(ROWS[0]) == pytest.approx(0.9) and metrics.overall(ROWS[0]) == pytest.approx(0.9)
+
+
+def test_acceptance_by_hand():
+    checks = {c["check"]: c for c in metrics.acceptance(metrics.summarize(ROWS))}
+    assert not checks["SPARE UA (styles)"]["ok"] and checks["SPARE UA (objects)"]["ok"]
+    assert checks["SPARE IRA (objects)"]["ok"] and not checks["SPARE IRA (styles)"]["ok"]
+    assert checks["SPARE mean(UA, IRA, CRA) above every baseline"]["ok"]
+    assert checks["time to erase: ESD-x / SPARE"]["value"] == pytest.approx(200 / 15)
+    assert checks["stored size: ESD-x / SPARE"]["value"] == pytest.approx(200) and checks["stored size: ESD-x / SPARE"]["ok"]
+    assert checks["stored size: ESD-u / SPARE"]["value"] is None and not checks["stored size: ESD-u / SPARE"]["ok"]
+
+
+def test_report_renders_partial_results(tmp_path):
+    from bench.report import markdown, write_all
+
+    result = {"name": "t", "profile": {**vars(replace(QUICK)), "eval_seeds": (0,)}, "reported_targets": run.REPORTED_QUICK,
+              "tuning_targets": run.TUNING, "tuning": None, "configs": {}, "paper_configs": {}, "classifiers": True,
+              "rows": [{**r, "targets": ["x"], "surrogates": ["y"]} for r in ROWS], "base": [], "minutes": 1.0,
+              "curve": [{**ROWS[0], "targets": ["x"], "strength": s} for s in (0.5, 1.0)], "multi": [], "skipped": []}
+    text = markdown(result)
+    assert "| SPARE |" in text and "95.0" in text
+    write_all(result, tmp_path / "t")
+    assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.json").exists()

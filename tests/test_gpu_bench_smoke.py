@@ -1,0 +1,130 @@
+"""Smoke test of the real-scale GPU benchmark (bench/gpu/, issue #7) on the CPU.
+
+`python -m bench.gpu.run --tiny --models sd15 --profile --also-checkpointed` runs the whole harness - a ComfyUI-detectable
+checkpoint, ComfyUI's loader, the three SPARE stages through the nodes' code path, ESD-x's
+measured iterations, the weights hashes and the same erase through a real ComfyUI server via
+/prompt - on the test suite's tiny SD1.5 at 16 px; the results file must have every field.
+The real-size SD1.5 / SDXL checkpoint layouts are checked against ComfyUI's detector from
+meta tensors (no memory). Nothing is skipped: without a ComfyUI host these tests fail.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STAGE_FIELDS = {"unit", "wall_s", "steps", "steps_total", "steps_per_s", "loop_steps_per_s", "before_first_step_s",
+                "peak_allocated_gib", "peak_reserved_gib", "allocated_before_gib"}
+TOP_FIELDS = {"schema", "gpu", "card", "device", "torch", "cuda", "comfyui", "engine_version", "created", "command",
+              "tiny", "concept", "node_defaults", "overrides", "measured", "extrapolated", "models", "acceptance",
+              "total_s"}
+MODEL_FIELDS = {"family", "checkpoint", "load", "resolution", "weights_hash", "spare", "esd_x", "speedup_vs_esd_x",
+                "server", "direct_with_load_s"}
+ESD_FIELDS = STAGE_FIELDS | {"paper_iterations", "measured_iterations", "extrapolated", "stops", "step_s",
+                             "step_s_per_unit", "paper_total_s", "trained_layers", "trainable_params", "stored_bytes",
+                             "config"}
+SERVER_FIELDS = {"server_start_s", "execution_s", "client_wall_s", "node_s", "vs_direct", "direct_with_load_s",
+                 "adapter_bytes", "hash_after", "hash_equals_direct_before", "prompt"}
+
+
+def missing(record: dict, fields: set) -> set:
+    return fields - set(record)
+
+
+def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu.run", "--tiny", "--models", "sd15", "--out", str(tmp_path),
+         "--profile", "--also-checkpointed"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    elapsed = time.monotonic() - started
+    log = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"bench.gpu.run --tiny failed ({proc.returncode}) after {elapsed:.0f}s:\n{log}"
+    print(f"bench.gpu.run --tiny --models sd15: {elapsed:.1f}s")
+
+    results = json.loads(next(tmp_path.glob("gpu_*.json")).read_text())
+    md = next(tmp_path.glob("gpu_*.md")).read_text()
+    assert not missing(results, TOP_FIELDS), missing(results, TOP_FIELDS)
+    assert results["tiny"] is True and results["models"].keys() == {"sd15"}
+    # The node defaults are read from the nodes' schemas; --tiny changes only distill's steps and the size.
+    defaults = results["node_defaults"]
+    assert defaults["distill"]["node_id"] == "SpareDistill" and defaults["distill"]["inputs"]["steps"] == 20
+    assert results["overrides"]["node_inputs"] == {"distill": {"steps": 20}}
+
+    m = results["models"]["sd15"]
+    assert not missing(m, MODEL_FIELDS), missing(m, MODEL_FIELDS)
+    assert m["load"]["detected"] == "SD15" and m["checkpoint"]["bytes"] > 0
+
+    spare = m["spare"]
+    assert "error" not in spare, spare.get("traceback") or spare["error"]
+    assert set(spare["stages"]) == {"saliency", "timestep_profile", "distill"}
+    for name, stage in spare["stages"].items():
+        assert not missing(stage, STAGE_FIELDS), (name, missing(stage, STAGE_FIELDS))
+        assert stage["wall_s"] > 0 and stage["steps"] == stage["steps_total"] > 0, (name, stage)
+    localize, profile = defaults["localize"]["inputs"], defaults["profile"]["inputs"]
+    assert spare["stages"]["saliency"]["steps"] == 2 * localize["samples"]  # samples x 2 noise draws each
+    assert spare["stages"]["timestep_profile"]["steps"] == 20  # the profile's 20-level grid, one pair
+    assert spare["stages"]["distill"]["steps"] == 20
+    assert spare["adapter"]["bytes"] > 0 and spare["adapter"]["layers"] > 0
+    assert spare["erase_s"] >= sum(s["wall_s"] for s in spare["stages"].values())
+    for key in ("peak_allocated_gib", "peak_reserved_gib"):
+        assert key in spare
+
+    esd = m["esd_x"]
+    assert "error" not in esd, esd.get("traceback") or esd["error"]
+    assert not missing(esd, ESD_FIELDS), missing(esd, ESD_FIELDS)
+    assert esd["paper_iterations"] == 1000 and esd["measured_iterations"] == esd["steps"] == 3
+    assert esd["extrapolated"] is True and esd["paper_total_s"] > esd["wall_s"]
+    assert esd["config"]["lr"] == 1e-5 and esd["config"]["ddim_steps"] == 50
+    assert m["speedup_vs_esd_x"] > 0
+
+    assert m["weights_hash"]["before"] and m["weights_hash"]["unchanged"] is True
+
+    # --also-checkpointed: distill again with gradient checkpointing; same seed, same LoRA.
+    variant = spare["distill_checkpointed"]
+    assert "error" not in variant, variant["error"]
+    assert not missing(variant, STAGE_FIELDS | {"applied_by", "lora_up_max_abs_diff"}), variant
+    # Bit-identical on the CPU; bf16 kernels on a GPU may reorder sums.
+    tolerance = 0.0 if results["device"] == "cpu" else 0.05 * variant["lora_up_max_abs"]
+    assert variant["steps"] == 20 and variant["lora_up_max_abs_diff"] <= tolerance, variant
+    # --profile: torch.profiler table of distill's training steps, teacher and student passes labelled.
+    profile_rec = m["profile"]
+    assert "error" not in profile_rec, profile_rec["error"]
+    assert (tmp_path / profile_rec["file"]).read_text().count("aten::") > 5
+    assert {r["name"] for r in profile_rec["labels"]} >= {"predict_eps/teacher (no grad)", "predict_eps/student (grad)"}
+
+    server = m["server"]
+    assert "error" not in server, server["error"] + "\n" + server.get("log_tail", "")
+    assert not missing(server, SERVER_FIELDS), missing(server, SERVER_FIELDS)
+    assert set(server["node_s"]) == {"ckpt", "localize", "profile", "distill"}
+    assert server["execution_s"] > 0 and server["adapter_bytes"] > 0
+    assert server["hash_equals_direct_before"] is True
+
+    checks = {row["check"] for row in results["acceptance"]}
+    for check in ("SD1.5: SPARE erase (3 stages + save) s", "SD1.5: peak VRAM allocated GiB",
+                  "SD1.5: speed-up vs ESD-x (1000 it.)", "SD1.5: adapter MiB", "SD1.5: /prompt time vs direct run",
+                  "SD1.5: input weights unchanged (hash)"):
+        assert check in checks, check
+    assert all(row["counts"] is False for row in results["acceptance"])  # a CPU smoke run proves nothing about them
+    assert "Smoke run" in md and "extrapolated" in md and "SD15" in md
+
+
+def test_real_size_sd15_and_sdxl_layouts_are_detected_by_comfyui():
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu.checkpoints", "--verify", "sd15,sdxl"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    reports = json.loads(proc.stdout)
+    by_family = {r["family"]: r for r in reports}
+    assert by_family["sd15"]["detected"] == "SD15" and by_family["sdxl"]["detected"] == "SDXL"
+    assert by_family["sdxl"]["clip_class"] == "SDXLClipModel"
+    # Parameter counts of the real architectures.
+    assert by_family["sd15"]["unet_params"] == 859_520_964
+    assert by_family["sdxl"]["unet_params"] == 2_567_463_684
+    assert by_family["sd15"]["text_params"] == 123_060_480  # CLIP-L
+    for report in reports:
+        assert report["ok"], report
