@@ -29,7 +29,6 @@ short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import gc
@@ -276,64 +275,20 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
     return {"saliency": saliency, "profile": profile, "config": config, "erasure": erasure}
 
 
-@contextlib.contextmanager
-def _checkpointed(modules):
-    """Gradient checkpointing of `modules` for the --also-checkpointed variant while the engine has no
-    switch for it: the same wrapping as the proposed engine change (non-reentrant torch.utils.checkpoint
-    around each module's forward, dict arguments copied at call time, original forwards restored)."""
-    import torch.utils.checkpoint
-
-    def wrap(forward):
-        def run(*args, **kwargs):
-            if not torch.is_grad_enabled():
-                return forward(*args, **kwargs)
-            args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
-            kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
-            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return run
-
-    patched = []
-    try:
-        for module in modules:
-            own = module.__dict__.get("forward")
-            module.forward = wrap(module.forward)
-            patched.append((module, own))
-        yield
-    finally:
-        for module, own in reversed(patched):
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own
-
-
 def run_distill_checkpointed(engine_denoiser, model, clip, resolution: int, artifacts: dict, reference) -> dict:
-    """Distill again with gradient checkpointing of every ResBlock and transformer block (the proposed
-    engine change), same saliency, profile and config: its time, peak VRAM and distance to the reference LoRA."""
-    from comfy.ldm.modules.attention import BasicTransformerBlock
-    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+    """Distill again with the engine's gradient checkpointing on, same saliency, profile and config:
+    its time, peak VRAM and distance to the reference LoRA."""
+    from comfyui_spare.spare_engine import distill
 
-    from comfyui_spare.spare_engine import DistillConfig, distill
-
-    config = artifacts["config"]
-    native = "gradient_checkpointing" in {f.name for f in dataclasses.fields(DistillConfig)}
+    config = dataclasses.replace(artifacts["config"], gradient_checkpointing=True)
     with Stage("distill_checkpointed", "optimisation steps", "distill (checkpointed)") as s:
         with engine_denoiser(model, clip, resolution or None) as denoiser:
-            if native:  # the engine change has landed: use it
-                erasure = distill(denoiser, [TARGET], [SURROGATE], list(RETAIN), artifacts["saliency"],
-                                  artifacts["profile"], dataclasses.replace(config, gradient_checkpointing=True),
-                                  callback=s.callback)
-            else:
-                modules = [m for m in denoiser.module.diffusion_model.modules()
-                           if isinstance(m, (ResBlock, BasicTransformerBlock))]
-                with _checkpointed(modules):
-                    erasure = distill(denoiser, [TARGET], [SURROGATE], list(RETAIN), artifacts["saliency"],
-                                      artifacts["profile"], config, callback=s.callback)
+            erasure = distill(denoiser, [TARGET], [SURROGATE], list(RETAIN), artifacts["saliency"],
+                              artifacts["profile"], config, callback=s.callback)
     rec = s.record
     diff = max(float((erasure.up[n] - reference.up[n]).abs().max()) for n in reference.up)
     scale = max(float(reference.up[n].abs().max()) for n in reference.up) or 1.0
-    rec.update({"applied_by": "engine (DistillConfig.gradient_checkpointing)" if native else
-                "benchmark (bench/gpu/run.py _checkpointed, mirroring the proposed engine change)",
+    rec.update({"applied_by": "engine (DistillConfig.gradient_checkpointing=True)",
                 "lora_up_max_abs_diff": diff, "lora_up_max_abs": scale, "final_loss": s.losses[-1] if s.losses else None})
     return rec
 
