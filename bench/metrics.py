@@ -70,7 +70,7 @@ def acceptance(summary: dict[str, dict], method: str = "SPARE", esd: str = "ESD-
     best_other = max((v for v in others.values() if v is not None), default=None)
     value = mine.get("mean3")
     checks.append({"check": f"{method} mean(UA, IRA, CRA) above every baseline", "value": value,
-                   "required": f"> {best_other}" if best_other is not None else "> baselines",
+                   "required": f"> {best_other:.3f}" if best_other is not None else "> baselines",
                    "ok": value is not None and best_other is not None and value > best_other})
     speed = ratio(summary.get(esd, {}).get("seconds"), mine.get("seconds"))
     checks.append({"check": f"time to erase: {esd} / {method}", "value": speed, "required": ">= 10",

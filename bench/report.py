@@ -56,6 +56,16 @@ def markdown(result: dict) -> str:
     ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN]
     for m in ordered:
         lines.append(line(m, summary[m]))
+    ablated = [r for r in rows if r["method"].startswith("SPARE (")]
+    if ablated:
+        same = {tuple(r["targets"]) for r in ablated}
+        part = summarize([r for r in rows if r["method"] == "SPARE" and tuple(r["targets"]) in same] + ablated)
+        lines += ["", f"## Ablations (on {', '.join(', '.join(t) for t in sorted(same))}; SPARE on the same targets)", "",
+                  "| variant | UA | IRA | CRA | mean(UA,IRA,CRA) | time (s) | stored | trainable params |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m, s in part.items():
+            lines.append(f"| {m} | {_pct(s.get('UA'))} | {_pct(s.get('IRA'))} | {_pct(s.get('CRA'))} | {_pct(s.get('mean3'))} | "
+                         f"{_num(s.get('seconds'))} | {_size(s.get('stored_bytes'))} | {_num(s.get('trainable_params'), '{:,.0f}')} |")
     lines += ["", "## Acceptance (issue #6), measured in this run", "", "| check | value | required | met |",
               "|---|---|---|---|"]
     for c in acceptance(summary):

@@ -408,8 +408,13 @@ def tune(bench: Bench, profile: Profile, name: str) -> dict:
     return result
 
 
-def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], write) -> dict:
+def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], write, previous: dict | None = None) -> dict:
+    """The whole run; `previous` (an earlier, interrupted result of the same settings) supplies finished units."""
     configs, tuned = configs_for(profile.name)
+    previous = previous or {}
+
+    def earlier(key: str, label: str, concepts: list[str]) -> list[dict]:
+        return [r for r in previous.get(key, []) if r["method"] == label and r["targets"] == concepts]
     if profile.name == "full":
         reported = {d: list(names) for d, names in _domains().items()}
     else:
@@ -441,7 +446,8 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
                 result["skipped"].append(f"{method} on {c}")
                 continue
             strengths = STRENGTHS if method == "SPARE" and targets.index(c) < profile.curve_targets else (1.0,)
-            rows = bench.row(method, configs[method], tasks[c], strengths=strengths)
+            rows = earlier("curve" if len(strengths) > 1 else "rows", method, [c])
+            rows = rows if len(rows) == len(strengths) else bench.row(method, configs[method], tasks[c], strengths=strengths)
             result["rows"] += [r for r in rows if r["strength"] == 1.0]
             result["curve"] += rows if len(strengths) > 1 else []
             write(result)
@@ -450,7 +456,8 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
             if bench.over_budget():
                 result["skipped"].append(f"{label} on {c}")
                 continue
-            result["rows"] += bench.row("SPARE", replace(configs["SPARE"], **switch), tasks[c], label=label)
+            result["rows"] += earlier("rows", label, [c]) or bench.row("SPARE", replace(configs["SPARE"], **switch),
+                                                                      tasks[c], label=label)
             write(result)
     for size in profile.multi_sizes:
         task = build_task(MULTI[:size], profile)
@@ -458,8 +465,8 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
             if bench.over_budget():
                 result["skipped"].append(f"{method} on {size} concepts")
                 continue
-            rows = bench.row(method, configs[method], task, label=method)
-            result["multi"] += [{**r, "n_concepts": size} for r in rows]
+            rows = earlier("multi", method, task.concepts)
+            result["multi"] += rows or [{**r, "n_concepts": size} for r in bench.row(method, configs[method], task)]
             write(result)
     if not bench.over_budget() and "ESD-x" in methods:
         # ESD-x at the paper's settings is too slow to run per target on a CPU; time 20 of its 1000 iterations.
@@ -528,6 +535,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default="SPARE,ESD-x,ESD-u,SalUn,UCE")
     parser.add_argument("--budget-minutes", type=float, default=None, help="skip what would start after this")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="reuse the finished parts of an interrupted run's JSON")
     args = parser.parse_args(argv)
     profile = PROFILES["full" if args.full else "quick"]
     if args.budget_minutes is not None:
@@ -539,7 +547,15 @@ def main(argv=None) -> None:
         return
     from bench.report import write_all
 
-    benchmark(bench, profile, name, args.methods.split(","), lambda result: write_all(result, RESULTS / name))
+    previous_file = RESULTS / f"{name}.json"
+    previous = json.loads(previous_file.read_text()) if args.resume and previous_file.exists() else None
+    if previous:
+        bench.started -= 60 * previous.get("minutes_so_far", 0)  # the budget counts the earlier part too
+    def write(result):
+        result["minutes_so_far"] = bench.minutes()
+        write_all(result, RESULTS / name)
+
+    benchmark(bench, profile, name, args.methods.split(","), write, previous)
 
 
 if __name__ == "__main__":
