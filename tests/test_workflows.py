@@ -37,8 +37,6 @@ def test_templates_are_served_to_the_frontend(comfy_server):
     assert set(served["comfyui-spare"]) == {p.stem for p in WORKFLOWS}
 
 
-@pytest.mark.xfail(reason="the shipped demo model does not yet draw its concepts (about 10% accuracy, chance level; "
-                   "see docs/demo_world/TRAINING.md), so there is no style to erase or keep", strict=False)
 def test_demo_workflow_erases_the_style_and_keeps_the_rest(comfy_server):
     from demo_world.classifiers import classify
 
@@ -55,7 +53,11 @@ def test_demo_workflow_erases_the_style_and_keeps_the_rest(comfy_server):
     n = len(demo_erasure.COMPARE_KEPT)
     target = demo_erasure.TARGET_STYLE
     kept_styles = [s for _, s in demo_erasure.COMPARE_KEPT]
-    assert sum(j.style == target for j in before[:n]) >= n - 1, "the demo model should draw the target before"
+    drawn_before = sum(j.style == target for j in before[:n])
+    if drawn_before < n - 1:
+        # The workflow ran and wrote its LoRA (checked above); only the quality check has nothing to measure.
+        pytest.xfail(f"the shipped demo model draws the target style in {drawn_before} of {n} images before "
+                     "erasure (it is at chance level, see docs/demo_world/TRAINING.md): nothing to erase yet")
     unlearned = sum(j.style != target for j in after[:n]) / n
     kept = sum(j.style == s for j, s in zip(after[n:], kept_styles)) / n
     print(f"demo workflow: UA {unlearned:.0%}, kept styles {kept:.0%}")
