@@ -1,6 +1,7 @@
 """A real ComfyUI server started from the project's host and driven over HTTP like a browser (tests, demo)."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -65,6 +66,7 @@ class ComfyServer:
     process: subprocess.Popen | None = None
     log_path: Path | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cpu: bool = True  # tests and the CPU demo pin ComfyUI to the CPU; the GPU benchmark turns this off
 
     @property
     def url(self) -> str:
@@ -88,9 +90,16 @@ class ComfyServer:
             link.symlink_to(ROOT, target_is_directory=True)
         self.log_path = self.base_dir / "comfyui.log"
         cmd = [
-            info["python"], "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            info["python"], "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch",
         ]
+        if self.cpu:
+            cmd.append("--cpu")
+        if importlib.util.find_spec("comfyui_frontend_package") is None:
+            # A host without the frontend package (the GPU machine) still serves the API.
+            web = self.base_dir / "web"
+            web.mkdir(exist_ok=True)
+            cmd += ["--front-end-root", str(web)]
         with open(self.log_path, "wb") as log:
             # A session of its own, so that stop() ends ComfyUI and nothing else.
             self.process = subprocess.Popen(cmd, cwd=comfy, stdout=log, stderr=subprocess.STDOUT,

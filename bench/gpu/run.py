@@ -33,7 +33,6 @@ import dataclasses
 import datetime
 import gc
 import importlib
-import importlib.util
 import json
 import math
 import os
@@ -440,54 +439,6 @@ def run_profile(engine_denoiser, model, clip, resolution: int, artifacts: dict, 
 # ------------------------------------------------------------------------------------------- server
 
 
-def _server_class():
-    from comfy_server import ComfyServer
-
-    @dataclasses.dataclass
-    class BenchServer(ComfyServer):
-        """scripts/comfy_server.ComfyServer without its fixed --cpu (the GPU is used when there is one),
-        and with an empty --front-end-root where the frontend package is not installed (the GPU machine)."""
-
-        cpu: bool = True
-
-        def start(self, timeout: float = 300.0) -> None:
-            import subprocess
-            import urllib.error
-
-            from comfy_server import PACK_LINK_NAME, host
-
-            info = host()
-            for sub in ("custom_nodes", "output", "input", "user", "temp", "models/loras", "models/checkpoints"):
-                (self.base_dir / sub).mkdir(parents=True, exist_ok=True)
-            link = self.base_dir / "custom_nodes" / PACK_LINK_NAME
-            if not link.exists():
-                link.symlink_to(ROOT, target_is_directory=True)
-            self.log_path = self.base_dir / "comfyui.log"
-            cmd = [info["python"], "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
-                   "--base-directory", str(self.base_dir), "--disable-auto-launch"]
-            if self.cpu:
-                cmd.append("--cpu")
-            if importlib.util.find_spec("comfyui_frontend_package") is None:
-                web = self.base_dir / "web"
-                web.mkdir(exist_ok=True)
-                cmd += ["--front-end-root", str(web)]
-            with open(self.log_path, "wb") as log:
-                self.process = subprocess.Popen(cmd, cwd=info["comfyui"], stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"ComfyUI exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-                try:
-                    self.get_json("/object_info/SpareDistill")
-                    return
-                except (urllib.error.URLError, ConnectionError, OSError):
-                    time.sleep(0.5)
-            raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log()[-4000:]}")
-
-    return BenchServer
-
-
 def erase_prompt(ckpt_name: str, defaults: dict, resolution: int, save_name: str) -> dict:
     loc, prof, dis = defaults["localize"]["inputs"], defaults["profile"]["inputs"], defaults["distill"]["inputs"]
     common = {"model": ["ckpt", 0], "clip": ["ckpt", 1], "targets": TARGET, "resolution": resolution}
@@ -531,17 +482,17 @@ class DevicePoller:
 
 def run_server(checkpoint: Path, defaults: dict, resolution: int, family: str) -> dict:
     """The same erase through a real ComfyUI server via /prompt, timed from ComfyUI's own messages."""
-    from comfy_server import new_base_dir, remove_base_dir
+    from comfy_server import ComfyServer, new_base_dir, remove_base_dir
 
     save_name = f"gpu_bench_{family}"
     base = new_base_dir()
-    server = _server_class()(base, cpu=not cuda())
+    server = ComfyServer(base, cpu=not cuda())
     rec: dict = {"resolution": resolution}
     try:
         (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
         os.symlink(checkpoint, base / "models" / "checkpoints" / checkpoint.name)
         started = time.perf_counter()
-        server.start()
+        server.start(timeout=300.0)
         rec["server_start_s"] = time.perf_counter() - started
         errors = server.pack_import_errors()
         if errors:

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.conftest import one_thread  # noqa: F401  (the engine tests' autouse one-CPU-thread fixture)
 from engine.tiny_denoiser import TinyDenoiser, TinyUNet
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out")
@@ -27,14 +28,6 @@ class AttnDenoiser(TinyDenoiser):
         super().__init__(seed)
         torch.manual_seed(seed)
         self.module.diffusion_model = AttnUNet()
-
-
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture
