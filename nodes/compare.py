@@ -8,16 +8,17 @@ from .comfy_denoiser import NATIVE_RESOLUTION, model_family
 from .prompts import prompt_lines
 
 
-def _sample(model, clip, vae, prompt: str, seed: int, steps: int, cfg: float, size: int) -> torch.Tensor:
-    """One image, as KSampler (euler, normal) + VAE Decode would make it."""
-    def condition(text: str):
-        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
-        return [[cond, {"pooled_output": pooled}]]
+def _condition(clip, text: str) -> list:
+    cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+    return [[cond, {"pooled_output": pooled}]]
 
+
+def _sample(model, vae, positive: list, negative: list, seed: int, steps: int, cfg: float, size: int) -> torch.Tensor:
+    """One image, as KSampler (euler, normal) + VAE Decode would make it."""
     channels = model.model.latent_format.latent_channels
     latent = torch.zeros(1, channels, size // 8, size // 8)
     noise = comfy.sample.prepare_noise(latent, seed)
-    samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", condition(prompt), condition(""),
+    samples = comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", positive, negative,
                                   latent, denoise=1.0, seed=seed, disable_pbar=True)
     return vae.decode(samples)[0]
 
@@ -57,7 +58,10 @@ class ErasureCompare(io.ComfyNode):
         if not prompt_list:
             raise ValueError("prompts is empty: write at least one prompt, one per line.")
         size = size or NATIVE_RESOLUTION.get(model_family(model), 512)
-        before = [_sample(model, clip, vae, p, seed, steps, cfg, size) for p in prompt_list]
-        after = [_sample(erased_model, clip, vae, p, seed, steps, cfg, size) for p in prompt_list]
+        # Each prompt is encoded once and serves both models.
+        positives = [_condition(clip, p) for p in prompt_list]
+        negative = _condition(clip, "")
+        before = [_sample(model, vae, pos, negative, seed, steps, cfg, size) for pos in positives]
+        after = [_sample(erased_model, vae, pos, negative, seed, steps, cfg, size) for pos in positives]
         grid = plots.image_grid([[b, a] for b, a in zip(before, after)], prompt_list, ["before", "after"])
         return io.NodeOutput(grid, torch.stack(before), torch.stack(after))
