@@ -14,11 +14,11 @@ from ..dataset import OBJECTS, STYLES, make_batch
 from .common import Clock, cosine_lr, save_fp16
 from .vae import load_thin, to_unit
 
-CLEAN_IMAGES = 6000
-ROUNDTRIP_IMAGES = 1500
+CLEAN_IMAGES = 8000
+ROUNDTRIP_IMAGES = 4000
 HELD_OUT = 1200
 HELD_OUT_ROUNDTRIP = 400  # of the held-out images, also judged after a VAE roundtrip
-STEPS = {"object": 2500, "style": 1000}  # shapes take longer to learn than palettes
+STEPS = {"object": 4000, "style": 1000}  # shapes take longer to learn than palettes
 BATCH = 64
 LR = 2e-3
 

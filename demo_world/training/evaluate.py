@@ -12,7 +12,7 @@ from PIL import Image
 
 from .. import config
 from ..classifiers import classify
-from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, prompt
+from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, prompt, render
 from ..generate import generate
 from ..metrics import generation_set, per_concept_accuracy, records
 from ..model import load_demo_model
@@ -47,6 +47,14 @@ def sample_grid(images, items, path):
     Image.fromarray(grid).resize(size, Image.LANCZOS).save(path)
 
 
+def dataset_grid(path, seed=config.SEED + 40, cell=64):
+    """The training data in the same layout as the samples: one procedural image per pair."""
+    rng = np.random.default_rng(seed)
+    rows = [np.concatenate([render(o, s, rng) for o in OBJECTS], axis=1) for s in STYLES]
+    size = (cell * len(OBJECTS), cell * len(STYLES))
+    Image.fromarray(np.concatenate(rows, axis=0)).resize(size, Image.LANCZOS).save(path)
+
+
 def summary_markdown(result):
     lines = ["## Demo model, judged by the classifiers", "",
              f"Sampler: {config.SAMPLER}, 128x128, empty negative prompt. Every object x style pair: "
@@ -62,7 +70,9 @@ def summary_markdown(result):
                   f"{result['one_image_seconds']:.2f} s.",
               f"Shipped weights: {result['weights_mb']:.1f} MB ({', '.join(result['weight_files'])}).", "",
               "![samples](samples.png)", "",
-              f"Samples: `{PROMPT_TEMPLATES[0]}`, seed {SEEDS[0]}; objects across, styles down."]
+              f"Samples: `{PROMPT_TEMPLATES[0]}`, seed {SEEDS[0]}; objects across, styles down. "
+              "The procedural training images in the same layout:", "",
+              "![dataset](dataset_grid.png)"]
     return "\n".join(lines)
 
 
@@ -87,6 +97,7 @@ def run(log):
             result["per_style"] = per_concept_accuracy(recs, "style")
             result["object_acc"] = _accuracy(recs, "object")
             result["style_acc"] = _accuracy(recs, "style")
+    dataset_grid(DOCS / "dataset_grid.png")
     result["one_image_seconds"] = one_image_seconds(model, clip, vae)
     files = sorted(config.WEIGHTS_DIR.glob("*.safetensors"))
     result["weights_mb"] = sum(f.stat().st_size for f in files) / 2 ** 20

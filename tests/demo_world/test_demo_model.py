@@ -1,4 +1,4 @@
-"""The shipped demo model loads into stock ComfyUI objects and draws what it is told."""
+"""The shipped demo model loads into stock ComfyUI objects (what it draws: tests/test_demo_model_server.py)."""
 import pytest
 
 from demo_world import config
@@ -20,19 +20,6 @@ def test_loads_as_comfy_objects(demo):
     assert isinstance(vae.first_stage_model, TAESD)  # comfy's own detection picked TAESD
     cond = clip.encode_from_tokens(clip.tokenize("An star image in Neon style."))
     assert cond.shape == (1, 77, config.TEXT_WIDTH)
-
-
-@pytest.mark.xfail(reason="the shipped demo model is undertrained (about 10% accuracy, see docs/demo_world/TRAINING.md)",
-                   strict=False)
-def test_one_image_matches_its_prompt(demo):
-    from demo_world.classifiers import classify
-    from demo_world.generate import generate
-    from demo_world.dataset import prompt
-    model, clip, vae = demo
-    image = generate(model, clip, vae, [prompt("heart", "Pencil Sketch")], [0])
-    assert image.shape == (1, 128, 128, 3)
-    (judged,) = classify(image)
-    assert (judged.object, judged.style) == ("heart", "Pencil Sketch")
 
 
 def test_weights_fit_the_budget():
