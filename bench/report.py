@@ -66,6 +66,16 @@ def markdown(result: dict) -> str:
         for m, s in part.items():
             lines.append(f"| {m} | {_pct(s.get('UA'))} | {_pct(s.get('IRA'))} | {_pct(s.get('CRA'))} | {_pct(s.get('mean3'))} | "
                          f"{_num(s.get('seconds'))} | {_size(s.get('stored_bytes'))} | {_num(s.get('trainable_params'), '{:,.0f}')} |")
+    staged = [r for r in rows if r.get("info", {}).get("stage_seconds")]
+    if staged:
+        stages = list(staged[0]["info"]["stage_seconds"])
+        lines += ["", "## SPARE per stage (wall seconds; peak RSS growth of the whole erasure)", "",
+                  f"| variant | target | {' | '.join(stages)} | total | peak mem (MB) | stored |",
+                  "|---|---|" + "---|" * (len(stages) + 3)]
+        for r in staged:
+            t = r["info"]["stage_seconds"]
+            lines.append(f"| {r['method']} | {', '.join(r['targets'])} | {' | '.join(_num(t.get(k)) for k in stages)} | "
+                         f"{_num(r['seconds'])} | {_num(r.get('peak_rss_mb'), '{:.0f}')} | {_size(r['stored_bytes'])} |")
     lines += ["", "## Acceptance (issue #6), measured in this run", "", "| check | value | required | met |",
               "|---|---|---|---|"]
     for c in acceptance(summary):

@@ -62,11 +62,8 @@ def method_configs(profile: str) -> dict:
 
     fast = profile == "quick"
     return {
-        # spare_engine defaults, except two latents per prompt on CPU (DistillConfig default: 4).
-        # The pack's node defaults (lr 1e-3; spare_engine's DistillConfig: 1e-4, batch 1, 200 steps);
-        # on the CPU profile: batch 2, 120 steps, two latents per prompt, a 10-level timestep grid.
-        "SPARE": spare.SpareConfig(lr=1e-3, **({"latents_per_prompt": 2, "batch_size": 2, "steps": 120, "grid_size": 10}
-                                              if fast else {"batch_size": 4})),
+        # spare_engine's defaults (the nodes' defaults too) on CPU; batch 4 on the GPU.
+        "SPARE": spare.SpareConfig(**({} if fast else {"batch_size": 4})),
         # CPU profile: 100 iterations at 1e-4 (paper: 1000 at 1e-5, the same largest total move per weight),
         # z_t on a 10-step DDIM grid.
         "ESD-x": replace(esd.ESDConfig.demo("x"), **({"iterations": 100, "lr": 1e-4, "ddim_steps": 10} if fast else {})),

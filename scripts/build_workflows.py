@@ -66,7 +66,7 @@ def workflows() -> dict[str, list[Node]]:
     return {
         "spare_demo_erase_style": erase_graph(
             Node(1, "SpareDemoModel"), demo_erasure.target_prompts(), demo_erasure.surrogate_prompts(),
-            demo_erasure.retain_prompts(), demo_erasure.compare_prompts(), "spare_demo_neon_erased", steps=300,
+            demo_erasure.retain_prompts(), demo_erasure.compare_prompts(), "spare_demo_neon_erased", steps=200,
             compare_widgets={"steps": 20, "cfg": 6.0},
         ),
         "spare_sd15_erase_style": erase_graph(

@@ -10,6 +10,7 @@ Ablations are switches of this config:
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -32,7 +33,7 @@ class SpareConfig:
     # stage 2 (spare_engine.DistillConfig defaults)
     rank: int = 4
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 1e-3
     batch_size: int = 1
     forget_weight: float = 1.0
     retain_weight: float = 1.0
@@ -49,13 +50,24 @@ class SpareConfig:
 def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str],
           config: SpareConfig | None = None, callback: Callback | None = None):
     config = config or SpareConfig()
+    stage_seconds = {}
+    clock = time.perf_counter()
+
+    def stage_done(name):
+        nonlocal clock
+        now = time.perf_counter()
+        stage_seconds[name] = now - clock
+        clock = now
+
     generator = torch.Generator().manual_seed(config.seed)
     prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
     latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
                              steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
+    stage_done("latents")
     saliency = compute_saliency(denoiser, targets, latents={t: latents[t] for t in targets},
                                 samples_per_latent=config.samples_per_latent, top_modules=config.top_modules,
                                 row_fraction=config.row_fraction, seed=config.seed)
+    stage_done("saliency")
     if config.timesteps == "uniform":
         profile = TimestepProfile.uniform(len(denoiser.alphas_cumprod))
     elif config.timesteps == "concept":
@@ -64,6 +76,7 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
                                            seed=config.seed)
     else:
         raise ValueError(f"timesteps must be 'concept' or 'uniform', got {config.timesteps!r}")
+    stage_done("timesteps")
     losses = []
 
     def record(step, total, loss):
@@ -73,6 +86,7 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
 
     lora = distill(denoiser, targets, surrogates, retain, saliency, profile, config.distill_config(),
                    callback=record, latents=latents)
+    stage_done("distill")
     selection = saliency.select()
     layers = denoiser.adaptable_modules()
     trainable = 0
@@ -82,5 +96,6 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
         up = lora.up[name]
         trainable += a + (up.numel() if rows is None else int(rows.sum()) * up[0].numel())
     info = {"method": "SPARE", "config": asdict(config), "layers": len(selection),
-            "candidate_layers": len(layers), "trainable_params": trainable, "losses": losses}
+            "candidate_layers": len(layers), "trainable_params": trainable, "losses": losses,
+            "stage_seconds": stage_seconds}
     return lora.state_dict(), info
