@@ -185,6 +185,15 @@ def ddim_partial(denoiser: Denoiser, x: torch.Tensor, cond: Conditioning, uncond
     return x, grid[stop]
 
 
-def check_finite(value: float, step: int, total: int, method: str) -> None:
+def optimizer_step(optimizer, loss: torch.Tensor, step: int, total: int, method: str, losses: list[float],
+                   callback: Callback | None) -> None:
+    """One step of a baseline's loop: stop on a non-finite loss, update, record, report."""
+    value = loss.item()
     if not math.isfinite(value):
         raise FloatingPointError(f"{method}: loss became {value} at step {step} of {total}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    losses.append(value)
+    if callback is not None:
+        callback(step, total, value)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from spare_engine import Conditioning, adapters_disabled, attached
 from spare_engine.runtime import autograd_enabled, gradients_only_for
 
-from .common import (Callback, PromptRows, build_delta_adapters, check_finite, ddim_partial, export_diff,
+from .common import (Callback, PromptRows, build_delta_adapters, ddim_partial, export_diff, optimizer_step,
                      trainable_parameters)
 
 
@@ -108,14 +108,7 @@ def erase(denoiser, targets: list[str], surrogates: list[str] | None = None, ret
                                                 Conditioning.cat([cond, uncond])).float().chunk(2)
             student = denoiser.predict_eps(z_t, t_batch[:1], cond).float()
             loss = F.mse_loss(student, esd_target(e_c, e_0, config.eta))
-            value = loss.item()
-            check_finite(value, step, config.iterations, "ESD")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-            if callback is not None:
-                callback(step, config.iterations, value)
+            optimizer_step(optimizer, loss, step, config.iterations, "ESD", losses, callback)
     state = export_diff(adapters)
     info = {"method": f"ESD-{config.method}", "config": asdict(config), "layers": len(names),
             "trainable_params": trainable_parameters(adapters), "losses": losses}

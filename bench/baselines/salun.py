@@ -38,7 +38,7 @@ from spare_engine import Conditioning, attached
 from spare_engine.runtime import autograd_enabled, gradients_only_for
 from spare_engine.sampling import add_noise
 
-from .common import (Callback, PromptRows, build_delta_adapters, check_finite, export_diff, frozen_latents,
+from .common import (Callback, PromptRows, build_delta_adapters, export_diff, frozen_latents, optimizer_step,
                      trainable_parameters)
 
 
@@ -155,14 +155,7 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
             out = denoiser.predict_eps(torch.cat([x_f, x_r]), torch.cat([t_f, t_r]),
                                        prompts.conds.select(torch.cat([forget_rows[f], retain_rows[r]]))).float()
             loss = F.mse_loss(out[:b], pseudo) + config.alpha * F.mse_loss(out[b:], eps_r)
-            value = loss.item()
-            check_finite(value, step, config.steps, "SalUn")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(value)
-            if callback is not None:
-                callback(step, config.steps, value)
+            optimizer_step(optimizer, loss, step, config.steps, "SalUn", losses, callback)
     state = export_diff(adapters)
     kept = sum(int(m.sum()) for m in mask.values())
     info = {"method": "SalUn", "config": asdict(config), "layers": len(names),
