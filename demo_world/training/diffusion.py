@@ -1,4 +1,5 @@
-"""Stage 2: text encoder and UNet, trained jointly on cached VAE latents.
+"""Stages 2 and 3: text encoder and UNet, trained jointly on cached VAE latents
+(`train` from scratch, then `refine` from its weights).
 
 Standard SD1 recipe, small: eps-prediction MSE (weighted like a v-loss) on
 ComfyUI's own discrete 1000-step scaled-linear schedule, a random prompt phrasing per sample, and the
@@ -13,6 +14,7 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from .. import config
 from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, make_grid_set, prompt
@@ -27,6 +29,10 @@ UNCOND_P = 0.1
 OFFSET_NOISE = 0.1  # per-image, per-channel constant added to the noise (offset noise)
 EMA_DECAY = 0.999
 CHECKPOINT_EVERY = 500
+REFINE_CYCLES = 2  # cosine cycles with warm restarts
+REFINE_STEPS = 6000  # per cycle
+REFINE_LR = 3e-4
+REFINE_MAX_WEIGHT = 5.0
 
 
 def cached_latents(log):
@@ -83,15 +89,17 @@ def alphas_cumprod():
 
 
 class EMA:
-    """Moving average of every parameter; warms up so early steps are not frozen in."""
+    """Moving average of every parameter. From scratch it warms up, so that the
+    random initial weights are not frozen in; from trained weights it does not."""
 
-    def __init__(self, modules):
+    def __init__(self, modules, warm_up):
         self.modules = modules
+        self.warm_up = warm_up
         self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
 
     @torch.no_grad()
     def update(self, step):
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
+        decay = min(EMA_DECAY, (1 + step) / (10 + step)) if self.warm_up else EMA_DECAY
         for m, shadow in zip(self.modules, self.shadow):
             for k, v in m.state_dict().items():
                 shadow[k].lerp_(v.detach(), 1 - decay)
@@ -103,28 +111,24 @@ def save(ema):
     save_fp16(clip_state, config.TEXT_ENCODER_FILE)
 
 
-def train(log):
+def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log):
+    """The training loop both phases share; saves the EMA weights and returns the eps-MSE per step."""
     clock = Clock()
-    torch.manual_seed(config.SEED)
-    gen = torch.Generator().manual_seed(config.SEED + 3)
-    data = cached_latents(log)
     latents, objects, styles = data["latents"], data["objects"], data["styles"]
-    log(f"latents {tuple(latents.shape)} mean {latents.mean():.3f} std {latents.std():.3f}")
-    unet, clip, tokenizer = new_models()
     tokens, empty = prompt_tokens(tokenizer)
     text_model = clip.clip_l.transformer
     abar = alphas_cumprod()
-    ema = EMA([unet, clip])
+    ema = EMA([unet, clip], warm_up=ema_warm_up)
 
     embeddings = [text_model.get_input_embeddings().weight, text_model.text_model.embeddings.position_embedding.weight]
     others = [p for p in list(unet.parameters()) + list(clip.parameters()) if all(p is not e for e in embeddings)]
     # No weight decay on embeddings: rows of unused tokens would just shrink towards zero.
     opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.01},
-                             {"params": embeddings, "weight_decay": 0.0}], lr=LR)
+                             {"params": embeddings, "weight_decay": 0.0}], lr=lr)
     losses = []
-    for step in range(STEPS):
+    for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, STEPS, LR, warmup=200)
+            g["lr"] = cosine_lr(step, steps, lr, warmup=warmup)
         idx = torch.randint(0, len(latents), (BATCH,), generator=gen)
         template = torch.randint(0, len(PROMPT_TEMPLATES), (BATCH,), generator=gen)
         ids = tokens[objects[idx], styles[idx], template]
@@ -142,8 +146,8 @@ def train(log):
         pred = unet(xt, t.float(), context=context)
         # v-loss weighting (1 + sigma^2 = 1 / abar): at SD's sigma_max of 14.6 the sampler
         # turns eps errors into x0 errors 200x larger, and a tiny UNet only becomes that
-        # precise when those timesteps weigh as much as they matter.
-        weight = 1 / abar[t]
+        # precise when those timesteps weigh as much as they matter. refine() caps it.
+        weight = (1 / abar[t]).clamp(max=max_weight)
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
 
         opt.zero_grad(set_to_none=True)
@@ -152,11 +156,53 @@ def train(log):
         opt.step()
         ema.update(step)
         losses.append(F.mse_loss(pred.detach(), noise).item())
-        if step % 50 == 0 or step == STEPS - 1:
+        if step % 50 == 0 or step == steps - 1:
             log(f"diffusion step {step} eps-mse {np.mean(losses[-50:]):.4f} ({clock.minutes():.1f} min)")
         if (step + 1) % CHECKPOINT_EVERY == 0:
             save(ema)
     save(ema)
-    return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(latents),
+    return losses
+
+
+def train(log):
+    """Phase 1, from scratch: the prompt decides colour, texture and layout."""
+    clock = Clock()
+    torch.manual_seed(config.SEED)
+    gen = torch.Generator().manual_seed(config.SEED + 3)
+    data = cached_latents(log)
+    log(f"latents {tuple(data['latents'].shape)} mean {data['latents'].mean():.3f} std {data['latents'].std():.3f}")
+    unet, clip, tokenizer = new_models()
+    losses = _fit(unet, clip, tokenizer, data, STEPS, LR, warmup=200, max_weight=float("inf"), gen=gen,
+                  ema_warm_up=True, log=log)
+    return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(data["latents"]),
             "unet_parameters": sum(p.numel() for p in unet.parameters()), "ema_decay": EMA_DECAY, "offset_noise": OFFSET_NOISE,
             "losses": losses}
+
+
+def refine(log):
+    """Phase 2, from phase 1's shipped (EMA) weights: the shapes' outlines.
+
+    Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle
+    noise levels, where a square's corners and a star's points are decided; at
+    the end of it objects were still improving and straight-edged ones came out
+    as round blobs. Capping the weight at REFINE_MAX_WEIGHT gives those levels
+    their share of the gradient again, at a lower learning rate.
+
+    It reads and overwrites the shipped UNet and text encoder, so run on its
+    own it refines whatever is shipped; `--stage all` runs it after `diffusion`.
+    """
+    clock = Clock()
+    data = cached_latents(log)
+    losses = []
+    for cycle in range(REFINE_CYCLES):
+        # Each cycle restarts from the weights the last one saved (its EMA, in fp16).
+        torch.manual_seed(config.SEED + 1)
+        gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
+        unet, clip, tokenizer = new_models()
+        unet.load_state_dict({k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()})
+        clip.load_state_dict({k: v.float() for k, v in load_file(str(config.TEXT_ENCODER_FILE)).items()})
+        log(f"refine cycle {cycle + 1} of {REFINE_CYCLES}")
+        losses += _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
+                       max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log)
+    return {"minutes": clock.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
+            "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": losses}
