@@ -195,8 +195,8 @@ def refine(log):
     data = cached_latents(log)
     losses = []
     for cycle in range(REFINE_CYCLES):
-        # Each cycle restarts from the weights the last one saved (its EMA, in fp16).
-        torch.manual_seed(config.SEED + 1)
+        # Each cycle restarts from the weights the last one saved (its EMA, in fp16); the
+        # models' random init is overwritten, so only `gen` decides the run.
         gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
         unet, clip, tokenizer = new_models()
         unet.load_state_dict({k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()})
