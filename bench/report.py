@@ -53,7 +53,8 @@ def markdown(result: dict) -> str:
 
     if base:
         lines.append(line("original model (no erasure)", base["original model"]))
-    ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN]
+    # Ablation rows cover only the first targets: they are compared like for like in their own table below.
+    ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN and not m.startswith("SPARE (")]
     for m in ordered:
         lines.append(line(m, summary[m]))
     ablated = [r for r in rows if r["method"].startswith("SPARE (")]

@@ -25,15 +25,17 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
 
 def test_quick_eval_set_covers_every_concept():
     items = run.eval_items("object", ["heart"], QUICK)
-    assert len(items) == 12 + 11
-    assert sorted(i.style for i in items if i.object == "heart") == sorted(STYLES)
+    assert len(items) == len(QUICK.eval_seeds) * (12 + 11) and len(QUICK.eval_seeds) == 3
+    for seed in QUICK.eval_seeds:  # the same set on every seed
+        assert sorted(i.style for i in items if i.object == "heart" and i.seed == seed) == sorted(STYLES)
+        assert len([i for i in items if i.seed == seed]) == 12 + 11
     assert {i.object for i in items} == set(OBJECTS) and {i.style for i in items} == set(STYLES)
     full = run.eval_items("style", ["Neon"], run.PROFILES["full"])
     assert len(full) == 12 * 12 * 2
 
 
 def test_scores_by_hand():
-    items = run.eval_items("object", ["heart"], QUICK)
+    items = run.eval_items("object", ["heart"], replace(QUICK, eval_seeds=(0,)))
     judgements = []
     for i in items:
         obj, style = i.object, i.style
@@ -96,3 +98,16 @@ def test_report_renders_partial_results(tmp_path):
     assert "| SPARE |" in text and "95.0" in text
     write_all(result, tmp_path / "t")
     assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.json").exists()
+
+
+def test_report_keeps_ablations_out_of_the_main_table():
+    from bench.report import markdown
+
+    ablated = {**ROWS[0], "method": "SPARE (uniform timesteps)", "UA": 0.7, "targets": ["x"], "surrogates": ["y"]}
+    result = {"name": "t", "profile": vars(replace(QUICK)), "reported_targets": run.REPORTED_QUICK,
+              "tuning_targets": run.TUNING, "tuning": None, "configs": {}, "paper_configs": {}, "classifiers": True,
+              "rows": [{**r, "targets": ["x"], "surrogates": ["y"]} for r in ROWS] + [ablated], "base": [],
+              "minutes": 1.0, "curve": [], "multi": [], "skipped": []}
+    main_table, rest = markdown(result).split("## Ablations", 1)
+    assert "| SPARE |" in main_table and "uniform timesteps" not in main_table
+    assert "| SPARE (uniform timesteps) | 70.0 |" in rest.split("## SPARE per stage")[0]
