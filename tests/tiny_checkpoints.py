@@ -12,20 +12,30 @@ import safetensors.torch
 import torch
 
 
-def _fill(sd: dict[str, torch.Tensor], seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
+def _value(name: str, t: torch.Tensor, g: torch.Generator, std: float) -> torch.Tensor:
     """Deterministic weights: norms at 1, biases at 0, the rest small Gaussian."""
+    if not t.is_floating_point():
+        return t.clone()
+    if "norm" in name and name.endswith(".weight") and t.ndim == 1:
+        return torch.ones_like(t, dtype=torch.float32)
+    if name.endswith(".bias"):
+        return torch.zeros_like(t, dtype=torch.float32)
+    return torch.randn(t.shape, generator=g) * std
+
+
+def _fill(sd: dict[str, torch.Tensor], seed: int, std: float = 0.02) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in sd.items():
-        if not t.is_floating_point():
-            out[name] = t.clone()
-        elif "norm" in name and name.endswith(".weight") and t.ndim == 1:
-            out[name] = torch.ones_like(t, dtype=torch.float32)
-        elif name.endswith(".bias"):
-            out[name] = torch.zeros_like(t, dtype=torch.float32)
-        else:
-            out[name] = torch.randn(t.shape, generator=g) * std
-    return out
+    return {name: _value(name, t, g, std) for name, t in sd.items()}
+
+
+@torch.no_grad()
+def fill_(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Module:
+    """_fill's weights written into `module` in place: no second copy of a big text encoder."""
+    g = torch.Generator().manual_seed(seed)
+    for name, t in module.state_dict(keep_vars=True).items():
+        if t.is_floating_point():
+            t.copy_(_value(name, t, g, std))
+    return module
 
 
 def tiny_sd15_unet() -> torch.nn.Module:
