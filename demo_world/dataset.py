@@ -284,8 +284,11 @@ _STYLE_PAINTERS = dict(zip(STYLES, [
 
 def render(obj, style, rng):
     """One image of `obj` in `style`: uint8 array [SIZE, SIZE, 3]."""
-    img = _STYLE_PAINTERS[style](object_mask(obj, rng), rng)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return _paint(object_mask(obj, rng), style, rng)
+
+
+def _paint(mask, style, rng):
+    return np.clip(np.rint(_STYLE_PAINTERS[style](mask, rng)), 0, 255).astype(np.uint8)
 
 
 def make_batch(n, rng):
@@ -298,8 +301,18 @@ def make_batch(n, rng):
 
 def make_grid_set(per_pair, seed):
     """`per_pair` images of every (object, style) pair, in a fixed order."""
+    images, _, objects, styles = make_grid_set_with_masks(per_pair, seed)
+    return images, objects, styles
+
+
+def make_grid_set_with_masks(per_pair, seed):
+    """make_grid_set's images, plus the object mask each was painted from (float32 [n, H, W])."""
     rng = np.random.default_rng(seed)
     pairs = [(o, s) for o in range(len(OBJECTS)) for s in range(len(STYLES)) for _ in range(per_pair)]
-    images = np.stack([render(OBJECTS[o], STYLES[s], rng) for o, s in pairs])
+    images, masks = [], []
+    for o, s in pairs:
+        mask = object_mask(OBJECTS[o], rng)
+        images.append(_paint(mask, STYLES[s], rng))
+        masks.append(mask)
     objects, styles = (np.array(x) for x in zip(*pairs))
-    return images, objects, styles
+    return np.stack(images), np.stack(masks), objects, styles

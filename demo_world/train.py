@@ -1,7 +1,7 @@
 """Retrain the demo world from scratch: `python -m demo_world.train [--stage STAGE]`.
 
 Stages run in dependency order: the VAE, then text encoder + UNet on VAE
-latents (trained, then refined), then the classifiers, then the evaluation that fills the training
+latents (trained, refined, then outline-weighted), then the classifiers, then the evaluation that fills the training
 report (docs/demo_world/TRAINING.md). Everything is seeded from config.SEED.
 """
 import argparse
@@ -18,7 +18,7 @@ import torch  # noqa: E402
 
 from .training import report  # noqa: E402
 
-STAGES = ["vae", "diffusion", "refine", "classifiers", "evaluate"]
+STAGES = ["vae", "diffusion", "refine", "outline", "classifiers", "evaluate"]
 
 
 def log(msg):
@@ -43,6 +43,9 @@ def run_stage(stage):
     if stage == "refine":
         from .training import diffusion
         return diffusion.refine(log)
+    if stage == "outline":
+        from .training import diffusion
+        return diffusion.outline(log)
     if stage == "classifiers":
         from .training import classifiers
         return classifiers.train(log)
