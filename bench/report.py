@@ -53,11 +53,14 @@ def markdown(result: dict) -> str:
 
     if base:
         lines.append(line("original model (no erasure)", base["original model"]))
+    def is_ablation(method):
+        return method.startswith("SPARE (")
+
     # Ablation rows cover only the first targets: they are compared like for like in their own table below.
-    ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN and not m.startswith("SPARE (")]
+    ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN and not is_ablation(m)]
     for m in ordered:
         lines.append(line(m, summary[m]))
-    ablated = [r for r in rows if r["method"].startswith("SPARE (")]
+    ablated = [r for r in rows if is_ablation(r["method"])]
     if ablated:
         same = {tuple(r["targets"]) for r in ablated}
         part = summarize([r for r in rows if r["method"] == "SPARE" and tuple(r["targets"]) in same] + ablated)

@@ -109,6 +109,15 @@ def new_models():
     return unet, clip, DemoSD1Tokenizer()
 
 
+def shipped_models():
+    """new_models() holding the shipped UNet and text encoder weights (fp16 on disk, trained in fp32);
+    their random initialisation is overwritten, so it does not matter."""
+    unet, clip, tokenizer = new_models()
+    unet.load_state_dict({k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()})
+    clip.load_state_dict({k: v.float() for k, v in load_file(str(config.TEXT_ENCODER_FILE)).items()})
+    return unet, clip, tokenizer
+
+
 def alphas_cumprod():
     """ᾱ_t of the schedule ComfyUI samples with (ModelSamplingDiscrete, EPS)."""
     import comfy.model_base
@@ -234,12 +243,9 @@ def refine(log):
     data = cached_latents(log)
     losses = []
     for cycle in range(REFINE_CYCLES):
-        # Each cycle restarts from the weights the last one saved (its EMA, in fp16); the
-        # models' random init is overwritten, so only `gen` decides the run.
+        # Each cycle restarts from the weights the last one saved (its EMA, in fp16); only `gen` decides the run.
         gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
-        unet, clip, tokenizer = new_models()
-        unet.load_state_dict({k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()})
-        clip.load_state_dict({k: v.float() for k, v in load_file(str(config.TEXT_ENCODER_FILE)).items()})
+        unet, clip, tokenizer = shipped_models()
         log(f"refine cycle {cycle + 1} of {REFINE_CYCLES}")
         losses += _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
                        max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log)
@@ -274,8 +280,6 @@ def outline_cycle(cycle, log):
     round_shapes = torch.tensor([OBJECTS.index(o) for o in OUTLINE_OBJECTS])
     image_weights = 1.0 + torch.isin(data["objects"], round_shapes).float()
     gen = torch.Generator().manual_seed(config.SEED + 20 + cycle)
-    unet, clip, tokenizer = new_models()
-    unet.load_state_dict({k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()})
-    clip.load_state_dict({k: v.float() for k, v in load_file(str(config.TEXT_ENCODER_FILE)).items()})
+    unet, clip, tokenizer = shipped_models()
     return _fit(unet, clip, tokenizer, data, OUTLINE_STEPS, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
                 gen=gen, ema_warm_up=False, log=log, image_weights=image_weights, pixel_weights=pixel_weights)
