@@ -87,6 +87,10 @@ class Denoiser(Protocol):
         ...
 
 
+# Both read the host's weights through a copy (clone), never a view or detach: weights that ComfyUI
+# loaded under inference mode and then moved refuse views on torch 2.11 + CUDA (seen on an H200:
+# "Inference tensors do not track version counter"), even inside inference mode.
+@torch.inference_mode()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
 
@@ -95,13 +99,14 @@ def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """
     digest = hashlib.sha256()
     for name, param in module.named_parameters():
-        flat = param.detach().reshape(-1)
+        flat = param.clone(memory_format=torch.contiguous_format).reshape(-1)
         stride = max(1, flat.numel() // samples_per_tensor)
         digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
         digest.update(_raw_bytes(flat[::stride][:samples_per_tensor]))
     return digest.hexdigest()
 
 
+@torch.inference_mode()
 def weights_hash(module: nn.Module) -> str:
     """sha256 of every parameter and buffer byte, by name: proves the host is unchanged."""
     digest = hashlib.sha256()
@@ -109,10 +114,10 @@ def weights_hash(module: nn.Module) -> str:
     tensors.update(module.named_buffers())
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(_raw_bytes(tensors[name].detach()))
+        digest.update(_raw_bytes(tensors[name]))
     return digest.hexdigest()
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
     # Viewed as bytes so that every dtype (bf16 included) hashes without a lossy conversion.
-    return t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
+    return t.clone(memory_format=torch.contiguous_format).reshape(-1).view(torch.uint8).cpu().numpy().tobytes()

@@ -180,7 +180,7 @@ def compute_saliency(
 
     return SaliencyMap(
         row_scores={name: s.cpu() for name, s in row_scores.items()},
-        row_sizes={name: layer.weight[0].numel() for name, layer in layers.items()},
+        row_sizes={name: layer.weight.shape[1:].numel() for name, layer in layers.items()},
         targets=list(targets),
         n_samples=n_samples,
         model_fingerprint=model_fingerprint(denoiser.module),

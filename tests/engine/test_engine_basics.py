@@ -105,3 +105,49 @@ def test_ddim_is_deterministic_and_add_noise_follows_ddpm(denoiser):
     x0, eps, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([0, 999])
     ab = denoiser.alphas_cumprod[t].view(-1, 1, 1, 1)
     assert torch.allclose(add_noise(denoiser.alphas_cumprod, x0, t, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
+
+
+class ViewlessWeight(torch.Tensor):
+    """A host weight that refuses views and detach, as ComfyUI-loaded weights did on an H200
+    (torch 2.11 + CUDA: "Inference tensors do not track version counter", even in inference mode)."""
+
+    VIEWS = {torch.Tensor.detach, torch.Tensor.reshape, torch.Tensor.view, torch.Tensor.__getitem__,
+             torch.Tensor.flatten, torch.Tensor.contiguous}
+    armed = False  # off while nn.Parameter wraps it (that detaches once)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if not cls.armed:
+            return super().__torch_function__(func, types, args, kwargs)
+        if func in cls.VIEWS and args and type(args[0]) is cls:
+            raise RuntimeError(f"{func.__name__}: Inference tensors do not track version counter.")
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+def viewless(module: torch.nn.Module) -> torch.nn.Module:
+    for layer in module.modules():
+        for name, param in list(layer.named_parameters(recurse=False)):
+            weight = torch.nn.Parameter(param.data.as_subclass(ViewlessWeight), requires_grad=False)
+            setattr(layer, name, weight)
+    return module
+
+
+def test_host_weights_are_read_by_copy_never_by_view():
+    plain, strict = TinyDenoiser(seed=0), TinyDenoiser(seed=0)
+    viewless(strict.module)
+    ViewlessWeight.armed = True
+    try:
+        check_copies_only(strict, plain)
+    finally:
+        ViewlessWeight.armed = False
+
+
+def check_copies_only(strict: TinyDenoiser, plain: TinyDenoiser) -> None:
+    with pytest.raises(RuntimeError, match="version counter"):
+        strict.module.diffusion_model.to_k.weight.detach()
+    assert model_fingerprint(strict.module) == model_fingerprint(plain.module)
+    assert weights_hash(strict.module) == weights_hash(plain.module)
+    smap = spare_engine.compute_saliency(strict, ["a cat"], n_latents=1, samples_per_latent=1, sampling_steps=3,
+                                         top_modules=2, row_fraction=0.5)
+    assert smap.model_fingerprint == model_fingerprint(plain.module)
