@@ -22,8 +22,8 @@ from torch.profiler import record_function
 from .adapters import adapters_disabled, attached, build_adapters
 from .denoiser import Denoiser, model_fingerprint
 from .lora import ErasureLoRA
-from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpointed, gradients_only_for,
-                      resolve_autocast_dtype)
+from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed,
+                      gradients_only_for, release_cached_memory, resolve_autocast_dtype)
 from .saliency import SaliencyMap
 from .sampling import add_noise, prompt_latents
 from .timesteps import TimestepProfile
@@ -46,7 +46,7 @@ class DistillConfig:
     seed: int = 0
     autocast_dtype: AutocastChoice = "auto"  # "auto": bf16 on CUDA when supported, off on CPU
     # Recompute the student's activations in backward instead of keeping them (the host names the
-    # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts with over 1.5e9 UNet weights (SDXL).
+    # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts with over 1.5e9 weights (SDXL).
     gradient_checkpointing: bool | str = "auto"
 
     def __post_init__(self) -> None:
@@ -135,13 +135,14 @@ def distill(
                                 conds.select([row[""]]),
                                 n_per_prompt=config.latents_per_prompt, steps=config.sampling_steps,
                                 cfg_scale=config.cfg_scale, generator=generator, given=latents)
+    release_cached_memory(device)
     forget = LatentPool.build(x0, [(t, row[t], row[s]) for t, s in zip(targets, surrogates)])
     keep = LatentPool.build(x0, [(p, row[p], row[p]) for p in retain_prompts])
 
     batch = config.batch_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     with gradients_only_for(denoiser.module, params), attached(denoiser, adapters), \
-            checkpointed(_checkpoint_modules(denoiser, config.gradient_checkpointing, device)):
+            checkpointed(checkpoint_modules(denoiser, config.gradient_checkpointing, device)):
         for step in range(1, config.steps + 1):
             f = torch.randint(len(forget.x0), (batch,), generator=generator)
             r = torch.randint(len(keep.x0), (batch,), generator=generator)
@@ -189,19 +190,6 @@ def distill(
         "engine_version": __version__,
     }
     return ErasureLoRA.from_adapters(adapters, metadata)
-
-
-def _checkpoint_modules(denoiser: Denoiser, choice: bool | str, device: torch.device) -> list:
-    host = getattr(denoiser, "checkpoint_modules", None)
-    if host is None or choice is False:
-        return []
-    if choice == "auto":
-        big = sum(p.numel() for p in denoiser.module.parameters()) > 1.5e9
-        if not (device.type == "cuda" and big):
-            return []
-    elif choice is not True:
-        raise ValueError(f"gradient_checkpointing must be True, False or 'auto', got {choice!r}")
-    return list(host())
 
 
 def _check_prompts(targets: list[str], surrogates: list[str], retain: list[str]) -> list[str]:

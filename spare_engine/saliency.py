@@ -22,7 +22,8 @@ from torch import nn
 
 from .artifacts import check_fingerprint, load_artifact, save_artifact
 from .denoiser import Denoiser, model_fingerprint
-from .runtime import AutocastChoice, autocast, autograd_enabled, gradients_only_for, resolve_autocast_dtype
+from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed, gradients_only_for,
+                      release_cached_memory, resolve_autocast_dtype)
 from .sampling import add_noise, prompt_latents
 from .version import __version__
 
@@ -134,6 +135,7 @@ def compute_saliency(
     row_fraction: float | None = None,
     seed: int = 0,
     autocast_dtype: AutocastChoice = "auto",
+    gradient_checkpointing: bool | str = "auto",
     callback: Callable[[int, int], None] | None = None,
 ) -> SaliencyMap:
     """Saliency of every adaptable layer's weight for the target prompt(s).
@@ -141,6 +143,8 @@ def compute_saliency(
     `latents` optionally gives x_0 per target ([N, C, H, W]); other targets get `n_latents`
     DDIM samples of the frozen model. Randomness comes from one CPU generator seeded with
     `seed`: first the generated latents (targets in order), then `draw_samples` per target.
+    `gradient_checkpointing` as in DistillConfig: each layer's input, which its row scores
+    need in the backward, is then recomputed there instead of kept from the forward.
     """
     if not targets:
         raise ValueError("targets must name at least one concept")
@@ -157,10 +161,12 @@ def compute_saliency(
         with autocast(denoiser.device, precision):
             x0 = prompt_latents(denoiser, targets, conds, conds.select([len(targets)]), n_per_prompt=n_latents,
                                 steps=sampling_steps, cfg_scale=cfg_scale, generator=generator, given=latents)
+    release_cached_memory(denoiser.device)
     n_samples = 0
     probes: list[torch.Tensor] = []
     # Host weights frozen: the backward computes activation gradients only, and no host .grad ever appears.
-    with gradients_only_for(denoiser.module, []), _row_saliency_hooks(layers, row_scores, probes):
+    with gradients_only_for(denoiser.module, []), _row_saliency_hooks(layers, row_scores, probes, precision), \
+            checkpointed(checkpoint_modules(denoiser, gradient_checkpointing, denoiser.device)):
         for row, target in enumerate(targets):
             samples = draw_samples(x0[target], samples_per_latent, len(denoiser.alphas_cumprod), generator)
             # One sample per backward: saliency sums |grad| of each sample, not |grad| of a batch mean.
@@ -198,29 +204,47 @@ def weight_gradient(layer: nn.Module, x: torch.Tensor, grad_output: torch.Tensor
     return grad_output.reshape(-1, grad_output.shape[-1]).T @ x.reshape(-1, x.shape[-1])
 
 
+class _RowSaliency(torch.autograd.Function):
+    """Identity on a layer's output; its backward adds the layer's per-row sum of |dL/dW| to `scores`.
+
+    The layer's input is kept with save_for_backward, so under gradient checkpointing it is
+    recomputed in the backward instead of held from the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, output, probe, x, layer, scores):
+        ctx.save_for_backward(x)
+        ctx.layer, ctx.scores = layer, scores
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        ctx.scores += weight_gradient(ctx.layer, x, grad_output).abs().flatten(1).sum(1)
+        return grad_output, None, None, None, None
+
+
 @contextlib.contextmanager
 def _row_saliency_hooks(
-    layers: dict[str, nn.Module], row_scores: dict[str, torch.Tensor], probes: list[torch.Tensor]
+    layers: dict[str, nn.Module], row_scores: dict[str, torch.Tensor], probes: list[torch.Tensor],
+    precision: torch.dtype | None,
 ) -> Iterator[None]:
     """While active, each backward adds every layer's per-row sum of |dL/dW| into row_scores.
 
     The host weights never need a gradient (ComfyUI's are inference tensors that cannot have
-    one): dL/dW is rebuilt from the layer's input and output gradient. Adding a zero scalar
-    that requires grad (a probe) to each output puts it in the graph, so its gradient exists
-    even where nothing upstream needs one (frozen weights, integer timesteps, text context).
+    one): dL/dW is rebuilt from the layer's input and output gradient. A zero scalar that
+    requires grad (a probe) enters each layer's _RowSaliency node, so the node is in the graph
+    even where nothing upstream needs a gradient (frozen weights, integer timesteps, text context).
     """
 
     def hook_for(name: str, layer: nn.Module):
-        def add_row_saliency(x: torch.Tensor, grad_output: torch.Tensor) -> None:
-            row_scores[name] += weight_gradient(layer, x, grad_output).abs().flatten(1).sum(1)
-
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            x = inputs[0].detach()
+            # Under autocast the layer multiplied by its input in `precision`: keep that (half
+            # the memory of an fp32 input after a norm layer).
+            x = inputs[0].detach() if precision is None else inputs[0].detach().to(precision)
             probe = torch.zeros((), device=output.device, dtype=output.dtype, requires_grad=True)
             probes.append(probe)
-            output = output + probe
-            output.register_hook(lambda grad_output: add_row_saliency(x, grad_output))
-            return output
+            return _RowSaliency.apply(output, probe, x, layer, row_scores[name])
 
         return hook
 

@@ -68,3 +68,31 @@ def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):
     comfy.model_management.load_models_gpu([model])
     assert weights_hash(model.model) == before
     assert not model.weight_wrapper_patches, "the user's ModelPatcher got wrappers"
+
+
+def test_saliency_with_gradient_checkpointing_recomputes_and_scores_the_same(sd15, denoiser_cls):
+    """Checkpointed saliency keeps no layer input from the forward (the backward recomputes it) and
+    sums the same row scores: what lets SDXL's saliency fit in less VRAM (bench/gpu)."""
+    import comfyui_spare.spare_engine as engine
+
+    model, clip = sd15
+    d = denoiser_cls(model, clip, resolution=64)
+    d.load()
+    inside = d.checkpoint_modules()[0]
+    layer = next(m for m in inside.modules() if isinstance(m, torch.nn.Conv2d))
+    runs = []
+    handle = layer.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        maps = {}
+        for choice in (False, True):
+            runs.clear()
+            maps[choice] = engine.compute_saliency(d, ["a red circle"], n_latents=1, samples_per_latent=2,
+                                                   sampling_steps=2, seed=0, gradient_checkpointing=choice)
+            maps[choice, "runs"] = len(runs)
+    finally:
+        handle.remove()
+    # 2 DDIM steps x (cond + uncond in one batch) = 2 runs, then 2 gradient samples: 1 run each, 2 when recomputed.
+    assert (maps[False, "runs"], maps[True, "runs"]) == (4, 6)
+    for name, scores in maps[False].row_scores.items():
+        torch.testing.assert_close(maps[True].row_scores[name], scores, rtol=1e-5, atol=0)
+    assert maps[True].select() == maps[False].select()
