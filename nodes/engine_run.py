@@ -5,6 +5,7 @@ import contextlib
 import re
 from typing import Iterator
 
+import psutil  # a ComfyUI requirement
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +40,16 @@ def engine_denoiser(model, clip, resolution: int | None = None) -> Iterator[Comf
                 f"({peak:.1f} GiB allocated at the peak, then {more:.2f} GiB more were asked for) and the card has "
                 f"{total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free now). Lower batch_size, resolution or "
                 "samples, close other models, or start ComfyUI with --cpu (slow but works)."
+            ) from e
+        except RuntimeError as e:
+            asked = re.search(r"DefaultCPUAllocator: can't allocate memory: you tried to allocate (\d+) bytes", str(e))
+            if asked is None:
+                raise
+            memory = psutil.virtual_memory()
+            raise RuntimeError(
+                f"not enough RAM for SPARE on the CPU: one more allocation of {int(asked.group(1)) / 2**30:.1f} GiB "
+                f"failed with {memory.available / 2**30:.1f} GiB of {memory.total / 2**30:.1f} GiB available. "
+                "Lower batch_size, resolution or samples, close other programs, or train on a GPU."
             ) from e
         finally:
             denoiser.release()

@@ -96,3 +96,17 @@ def test_saliency_with_gradient_checkpointing_recomputes_and_scores_the_same(sd1
     for name, scores in maps[False].row_scores.items():
         torch.testing.assert_close(maps[True].row_scores[name], scores, rtol=1e-5, atol=0)
     assert maps[True].select() == maps[False].select()
+
+
+def test_running_out_of_ram_says_how_much_and_releases_the_model(sd15, pack):
+    from comfyui_spare.nodes.engine_run import engine_denoiser
+
+    model, clip = sd15
+    used = []
+    with pytest.raises(RuntimeError, match=r"not enough RAM for SPARE on the CPU: one more allocation of 262144\.0 GiB "
+                                           r"failed with [\d.]+ GiB of [\d.]+ GiB available\. Lower batch_size"):
+        with engine_denoiser(model, clip, resolution=64) as d:
+            used.append(d)
+            torch.empty(2**48, dtype=torch.uint8)  # 256 TiB: no machine has it
+    assert all(loaded.model is not used[0].patcher for loaded in comfy.model_management.current_loaded_models)
+    assert not model.weight_wrapper_patches
