@@ -87,10 +87,10 @@ class Denoiser(Protocol):
         ...
 
 
-# Both read the host's weights through a copy (clone), never a view or detach: weights that ComfyUI
-# loaded under inference mode and then moved refuse views on torch 2.11 + CUDA (seen on an H200:
-# "Inference tensors do not track version counter"), even inside inference mode.
-@torch.inference_mode()
+# Both read the host's weights through a copy (clone), never a view or detach of the weight itself:
+# weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA: "Inference tensors do not
+# track version counter"), even inside inference mode. no_grad: the copies join no autograd graph.
+@torch.no_grad()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
 
@@ -106,7 +106,7 @@ def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     return digest.hexdigest()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def weights_hash(module: nn.Module) -> str:
     """sha256 of every parameter and buffer byte, by name: proves the host is unchanged."""
     digest = hashlib.sha256()

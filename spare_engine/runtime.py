@@ -125,4 +125,3 @@ def release_cached_memory(device: torch.device | str) -> None:
     then training), so training lays its memory out afresh instead of around sampling's blocks."""
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-
