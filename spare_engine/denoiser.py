@@ -87,10 +87,10 @@ class Denoiser(Protocol):
         ...
 
 
-# Both read the host's weights through a copy (clone), never a view or detach of the weight itself:
-# weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA: "Inference tensors do not
-# track version counter"), even inside inference mode. no_grad: the copies join no autograd graph.
-@torch.no_grad()
+# Both read the host's weights through a copy (clone) made in inference mode, never a view or detach
+# of the weight itself: weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA:
+# "Inference tensors do not track version counter"), even in inference mode; this combination ran there.
+@torch.inference_mode()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
 
@@ -106,7 +106,7 @@ def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     return digest.hexdigest()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def weights_hash(module: nn.Module) -> str:
     """sha256 of every parameter and buffer byte, by name: proves the host is unchanged."""
     digest = hashlib.sha256()
