@@ -142,7 +142,7 @@ def distill(
     batch = config.batch_size
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     with gradients_only_for(denoiser.module, params), attached(denoiser, adapters), \
-            checkpointed(checkpoint_modules(denoiser, config.gradient_checkpointing, device)):
+            checkpointed(checkpoint_modules(denoiser, config.gradient_checkpointing)):
         for step in range(1, config.steps + 1):
             f = torch.randint(len(forget.x0), (batch,), generator=generator)
             r = torch.randint(len(keep.x0), (batch,), generator=generator)

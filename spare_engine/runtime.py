@@ -102,7 +102,7 @@ def checkpointed(modules: Iterable[nn.Module]) -> Iterator[None]:
 CHECKPOINT_AUTO_PARAMS = 1.5e9
 
 
-def checkpoint_modules(denoiser, choice: bool | str, device: torch.device) -> list[nn.Module]:
+def checkpoint_modules(denoiser, choice: bool | str) -> list[nn.Module]:
     """The modules to checkpoint for `choice`: True, False, or "auto" (big hosts on CUDA only).
 
     The host names its units (Denoiser.checkpoint_modules(), optional); a host without them is
@@ -115,7 +115,7 @@ def checkpoint_modules(denoiser, choice: bool | str, device: torch.device) -> li
         return []
     if choice == "auto":
         big = sum(p.numel() for p in denoiser.module.parameters()) > CHECKPOINT_AUTO_PARAMS
-        if not (torch.device(device).type == "cuda" and big):
+        if not (torch.device(denoiser.device).type == "cuda" and big):
             return []
     return list(host())
 

@@ -166,7 +166,7 @@ def compute_saliency(
     probes: list[torch.Tensor] = []
     # Host weights frozen: the backward computes activation gradients only, and no host .grad ever appears.
     with gradients_only_for(denoiser.module, []), _row_saliency_hooks(layers, row_scores, probes, precision), \
-            checkpointed(checkpoint_modules(denoiser, gradient_checkpointing, denoiser.device)):
+            checkpointed(checkpoint_modules(denoiser, gradient_checkpointing)):
         for row, target in enumerate(targets):
             samples = draw_samples(x0[target], samples_per_latent, len(denoiser.alphas_cumprod), generator)
             # One sample per backward: saliency sums |grad| of each sample, not |grad| of a batch mean.
