@@ -70,6 +70,14 @@ def markdown(result: dict) -> str:
         for m, s in part.items():
             lines.append(f"| {m} | {_pct(s.get('UA'))} | {_pct(s.get('IRA'))} | {_pct(s.get('CRA'))} | {_pct(s.get('mean3'))} | "
                          f"{_num(s.get('seconds'))} | {_size(s.get('stored_bytes'))} | {_num(s.get('trainable_params'), '{:,.0f}')} |")
+    tuning = result.get("tuning") or {}
+    if tuning.get("trials"):
+        lines += ["", f"## Tuning (on the tuning targets {result['tuning_targets']}; {tuning['minutes']:.1f} min)", "",
+                  "Every method tried the same number of settings; the best mean(UA,IRA,CRA) over the tuning targets "
+                  "is the one used above.", "", "| method | setting | mean(UA,IRA,CRA) | chosen |", "|---|---|---|---|"]
+        for t in tuning["trials"]:
+            lines.append(f"| {t['method']} | `{json.dumps(t['settings'])}` | {_pct(t['mean3'])} | "
+                         f"{'yes' if t['settings'] == tuning['chosen'].get(t['method']) else ''} |")
     staged = [r for r in rows if r.get("info", {}).get("stage_seconds")]
     if staged:
         stages = list(staged[0]["info"]["stage_seconds"])

@@ -427,7 +427,9 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
         targets = [reported["style"][0], reported["object"][0], reported["style"][1], reported["object"][1]]
     result = {
         "name": name, "profile": asdict(profile), "reported_targets": reported, "tuning_targets": TUNING,
-        "tuning": {"chosen": tuned["chosen"], "file": str(TUNED_FILE).format(profile=profile.name)} if tuned else None,
+        "tuning": {"chosen": tuned["chosen"], "file": Path(str(TUNED_FILE).format(profile=profile.name)).name,
+                   "minutes": tuned["minutes"],
+                   "trials": [{k: t[k] for k in ("method", "settings", "mean3")} for t in tuned["trials"]]} if tuned else None,
         "configs": {m: asdict(c) for m, c in configs.items()},
         "paper_configs": paper_configs(),
         "classifiers": bench.classifiers_ok, "rows": [], "base": [], "curve": [], "multi": [], "skipped": [],

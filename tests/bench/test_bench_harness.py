@@ -111,3 +111,18 @@ def test_report_keeps_ablations_out_of_the_main_table():
     main_table, rest = markdown(result).split("## Ablations", 1)
     assert "| SPARE |" in main_table and "uniform timesteps" not in main_table
     assert "| SPARE (uniform timesteps) | 70.0 |" in rest.split("## SPARE per stage")[0]
+
+
+def test_report_lists_every_tuning_trial_and_marks_the_chosen_one():
+    from bench.report import markdown
+
+    tuning = {"chosen": {"SPARE": {"lr": 0.003}}, "file": "tuning_quick.json", "minutes": 16.5,
+              "trials": [{"method": "SPARE", "settings": {"lr": 0.001}, "mean3": 0.9},
+                         {"method": "SPARE", "settings": {"lr": 0.003}, "mean3": 0.95}]}
+    result = {"name": "t", "profile": vars(replace(QUICK)), "reported_targets": run.REPORTED_QUICK,
+              "tuning_targets": run.TUNING, "tuning": tuning, "configs": {}, "paper_configs": {}, "classifiers": True,
+              "rows": [{**r, "targets": ["x"], "surrogates": ["y"]} for r in ROWS], "base": [], "minutes": 1.0,
+              "curve": [], "multi": [], "skipped": []}
+    section = markdown(result).split("## Tuning", 1)[1]
+    assert '| SPARE | `{"lr": 0.001}` | 90.0 |  |' in section
+    assert '| SPARE | `{"lr": 0.003}` | 95.0 | yes |' in section
