@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bench.metrics import METRICS, acceptance, retain_score, summarize
 from bench.plot import tradeoff_png
+from bench.run import SUBSTITUTION
 
 MAIN = ["SPARE", "ESD-x", "ESD-u", "SalUn", "UCE"]
 
@@ -39,7 +40,10 @@ def markdown(result: dict) -> str:
              *[f"**Note:** {n}" for n in result.get("notes", [])], "",
              "UA / IRA / CRA in %, means over the reported targets (style | object | all). Time = wall time of the "
              "erasure itself (latent generation, saliency, training / solve). Peak mem = peak RSS growth during the "
-             "erasure (psutil, 10 ms sampling). Stored = safetensors file of the result (ComfyUI LoRA format).", "",
+             "erasure (psutil, 10 ms sampling). Stored = safetensors file of the result (ComfyUI LoRA format). "
+             f"The row \"{SUBSTITUTION}\" is no erasure but a reference: the original model with each target prompt "
+             "re-worded to name its surrogate, scored as the target. It is what an erasure that draws exactly the "
+             "surrogate would score, so its CRA bounds the CRA of every method that maps the target to that surrogate.", "",
              "| method | UA s/o/all | IRA s/o/all | CRA s/o/all | mean(UA,IRA,CRA) | time (s) | peak mem (MB) | stored | trainable params |",
              "|---|---|---|---|---|---|---|---|---|"]
 
@@ -53,6 +57,8 @@ def markdown(result: dict) -> str:
 
     if base:
         lines.append(line("original model (no erasure)", base["original model"]))
+    if SUBSTITUTION in base:
+        lines.append(line(SUBSTITUTION, base[SUBSTITUTION]))
     def is_ablation(method):
         return method.startswith("SPARE (")
 

@@ -126,3 +126,15 @@ def test_report_lists_every_tuning_trial_and_marks_the_chosen_one():
     section = markdown(result).split("## Tuning", 1)[1]
     assert '| SPARE | `{"lr": 0.001}` | 90.0 |  |' in section
     assert '| SPARE | `{"lr": 0.003}` | 95.0 | yes |' in section
+
+
+def test_surrogate_drawn_instead_rewords_only_the_target_prompts():
+    from demo_world.metrics import GenerationItem
+
+    items = [GenerationItem("An heart image in Neon style.", "heart", "Neon", 0),
+             GenerationItem("An star image in Blueprint style.", "star", "Blueprint", 1)]
+    swapped = run.surrogate_drawn_instead(items, "style", ["Neon"], ["Watercolor"])
+    assert swapped[0] == GenerationItem("An heart image in Watercolor style.", "heart", "Neon", 0)
+    assert swapped[1] == items[1]
+    swapped = run.surrogate_drawn_instead(items, "object", ["star"], ["cross"])
+    assert swapped == [items[0], GenerationItem("An cross image in Blueprint style.", "star", "Blueprint", 1)]
