@@ -100,6 +100,12 @@ def markdown(result: dict) -> str:
         v = c["value"]
         shown = "n/a" if v is None else (f"{100 * v:.1f}%" if "UA" in c["check"] or "IRA" in c["check"] or "CRA" in c["check"] or "mean" in c["check"] else f"{v:.1f}x")
         lines.append(f"| {c['check']} | {shown} | {c['required']} | {'yes' if c['ok'] else '**no**'} |")
+    estimate, spare_seconds = result.get("esd_x_paper_estimate"), summary.get("SPARE", {}).get("seconds")
+    if estimate and spare_seconds:
+        ratio = estimate["estimated_seconds_for_1000"] / spare_seconds
+        lines.append(f"| (for reference) time to erase: ESD-x at the paper's 1000 iterations, extrapolated from "
+                     f"{estimate['measured_iterations']} measured / SPARE | {ratio:.1f}x | >= 10 | "
+                     f"{'yes' if ratio >= 10 else '**no**'}, extrapolated |")
     lines += ["", "## Per target", "", "| method | target | surrogate | UA | IRA | CRA | time (s) |", "|---|---|---|---|---|---|---|"]
     for r in result.get("base", []) + rows:
         lines.append(f"| {r['method']} | {', '.join(r['targets'])} | {', '.join(r.get('surrogates', []))} | {_pct(r['UA'])} | "

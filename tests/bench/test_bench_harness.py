@@ -96,6 +96,11 @@ def test_report_renders_partial_results(tmp_path):
               "curve": [{**ROWS[0], "targets": ["x"], "strength": s} for s in (0.5, 1.0)], "multi": [], "skipped": []}
     text = markdown(result)
     assert "| SPARE |" in text and "95.0" in text
+    assert "ESD-x at the paper's 1000 iterations" not in text  # no estimate in this result
+    spare_seconds = metrics.summarize(result["rows"])["SPARE"]["seconds"]
+    result["esd_x_paper_estimate"] = {"measured_iterations": 20, "measured_seconds": 0.24 * spare_seconds,
+                                      "estimated_seconds_for_1000": 12 * spare_seconds, "note": "extrapolated"}
+    assert "extrapolated from 20 measured / SPARE | 12.0x | >= 10 | yes, extrapolated |" in markdown(result)
     write_all(result, tmp_path / "t")
     assert (tmp_path / "t.png").stat().st_size > 0 and (tmp_path / "t.json").exists()
 
