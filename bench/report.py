@@ -122,7 +122,8 @@ def markdown(result: dict) -> str:
                   "| method | concepts | UA | IRA | CRA | time (s) | stored | trainable params |", "|---|---|---|---|---|---|---|---|"]
         for r in multi:
             lines.append(f"| {r['method']} | {r['n_concepts']}: {', '.join(r['targets'])} | {_pct(r['UA'])} | {_pct(r['IRA'])} | "
-                         f"{_pct(r['CRA'])} | {_num(r['seconds'])} | {_size(r['stored_bytes'])} | {r['trainable_params']:,} |")
+                         f"{_pct(r['CRA'])} | {_num(r.get('seconds'))} | {_size(r.get('stored_bytes'))} | "
+                         f"{_num(r.get('trainable_params'), '{:,.0f}')} |")
     estimate = result.get("esd_x_paper_estimate")
     if estimate:
         lines += ["", f"ESD-x at the paper's settings (1000 iterations, 50-step DDIM grid): "

@@ -489,6 +489,12 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
             write(result)
     for size in profile.multi_sizes:
         task = build_task(MULTI[:size], profile)
+        if not bench.over_budget():
+            swapped = surrogate_drawn_instead(eval_items(task.domain, task.concepts, profile), task.domain,
+                                              task.concepts, task.surrogate_concepts)
+            scores = bench.metrics(task.domain, task.concepts, bench.judge_base(swapped), swapped)
+            result["multi"].append({"method": SUBSTITUTION, "domain": task.domain, "targets": task.concepts,
+                                    "surrogates": task.surrogate_concepts, "n_concepts": size, **scores})
         for method in profile.multi_methods:
             if bench.over_budget():
                 result["skipped"].append(f"{method} on {size} concepts")
