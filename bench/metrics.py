@@ -10,6 +10,8 @@ from statistics import mean
 
 METRICS = ("UA", "IRA", "CRA")
 COSTS = ("seconds", "peak_rss_mb", "stored_bytes", "trainable_params")
+# The reference row of the original model prompted with the surrogate instead of the target (no training).
+SUBSTITUTION = "ideal substitution (original model, surrogate prompted)"
 
 
 def retain_score(row: dict) -> float:

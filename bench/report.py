@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.metrics import METRICS, acceptance, retain_score, summarize
+from bench.metrics import METRICS, SUBSTITUTION, acceptance, retain_score, summarize
 from bench.plot import tradeoff_png
-from bench.run import SUBSTITUTION
 
 MAIN = ["SPARE", "ESD-x", "ESD-u", "SalUn", "UCE"]
 

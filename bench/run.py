@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from bench.metrics import SUBSTITUTION
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TUNED_FILE = RESULTS / "tuning_{profile}.json"
 
@@ -34,8 +36,6 @@ REPORTED_QUICK = {"style": ["Watercolor", "Blueprint"], "object": ["heart", "arr
 TUNING = {"style": ["Checkerboard"], "object": ["triangle"]}
 MULTI = ["Watercolor", "Blueprint", "Neon", "Zigzag", "Sunset", "Camouflage"]  # styles, erased 1 / 3 / 6 at once
 STRENGTHS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-# The reference row of the original model prompted with the surrogate instead of the target (no training).
-SUBSTITUTION = "ideal substitution (original model, surrogate prompted)"
 
 
 @dataclass
@@ -369,6 +369,13 @@ class Bench:
     def metrics(self, domain: str, targets: list[str], judgements, items) -> dict:
         return score(domain, targets, judgements, items)
 
+    def substitution(self, task: Task, items) -> dict:
+        """The ideal-substitution reference row for `task` on its eval `items` (see surrogate_drawn_instead)."""
+        swapped = surrogate_drawn_instead(items, task.domain, task.concepts, task.surrogate_concepts)
+        return {"method": SUBSTITUTION, "domain": task.domain, "targets": task.concepts,
+                "surrogates": task.surrogate_concepts,
+                **self.metrics(task.domain, task.concepts, self.judge_base(swapped), swapped)}
+
     def evaluate(self, state, strength: float, task: Task) -> tuple[dict, float]:
         items = eval_items(task.domain, task.concepts, self.profile)
         start = time.perf_counter()
@@ -462,10 +469,7 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
         items = eval_items(task.domain, [c], profile)
         scores = bench.metrics(task.domain, [c], bench.judge_base(items), items)
         result["base"].append({"method": "original model", "domain": task.domain, "targets": [c], **scores})
-        swapped = surrogate_drawn_instead(items, task.domain, [c], task.surrogate_concepts)
-        scores = bench.metrics(task.domain, [c], bench.judge_base(swapped), swapped)
-        result["base"].append({"method": SUBSTITUTION, "domain": task.domain, "targets": [c],
-                               "surrogates": task.surrogate_concepts, **scores})
+        result["base"].append(bench.substitution(task, items))
     result["notes"] = sanity_notes(result)
     write(result)
     for c in targets:
@@ -490,11 +494,8 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
     for size in profile.multi_sizes:
         task = build_task(MULTI[:size], profile)
         if not bench.over_budget():
-            swapped = surrogate_drawn_instead(eval_items(task.domain, task.concepts, profile), task.domain,
-                                              task.concepts, task.surrogate_concepts)
-            scores = bench.metrics(task.domain, task.concepts, bench.judge_base(swapped), swapped)
-            result["multi"].append({"method": SUBSTITUTION, "domain": task.domain, "targets": task.concepts,
-                                    "surrogates": task.surrogate_concepts, "n_concepts": size, **scores})
+            result["multi"].append({**bench.substitution(task, eval_items(task.domain, task.concepts, profile)),
+                                    "n_concepts": size})
         for method in profile.multi_methods:
             if bench.over_budget():
                 result["skipped"].append(f"{method} on {size} concepts")

@@ -94,9 +94,9 @@ def test_report_renders_partial_results(tmp_path):
               "tuning_targets": run.TUNING, "tuning": None, "configs": {}, "paper_configs": {}, "classifiers": True,
               "rows": [{**r, "targets": ["x"], "surrogates": ["y"]} for r in ROWS], "base": [], "minutes": 1.0,
               "curve": [{**ROWS[0], "targets": ["x"], "strength": s} for s in (0.5, 1.0)], "skipped": [],
-              "multi": [{"method": run.SUBSTITUTION, "targets": ["x", "y"], "n_concepts": 2, "UA": 1.0, "IRA": 0.9, "CRA": 0.8}]}
+              "multi": [{"method": metrics.SUBSTITUTION, "targets": ["x", "y"], "n_concepts": 2, "UA": 1.0, "IRA": 0.9, "CRA": 0.8}]}
     text = markdown(result)
-    assert f"| {run.SUBSTITUTION} | 2: x, y | 100.0 | 90.0 | 80.0 | n/a | n/a | n/a |" in text  # a reference: no costs
+    assert f"| {metrics.SUBSTITUTION} | 2: x, y | 100.0 | 90.0 | 80.0 | n/a | n/a | n/a |" in text  # a reference: no costs
     assert "| SPARE |" in text and "95.0" in text
     assert "ESD-x at the paper's 1000 iterations" not in text  # no estimate in this result
     spare_seconds = metrics.summarize(result["rows"])["SPARE"]["seconds"]
