@@ -35,7 +35,8 @@ class SpareDistill(io.ComfyNode):
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256, tooltip="LoRA rank of every adapter."),
                 io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000, tooltip="Optimisation steps."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
-                               tooltip="AdamW learning rate of the adapter weights."),
+                               tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
+                                       "if retained concepts drift on a large model, lower it."),
                 io.Float.Input("forget_weight", default=DEFAULT.forget_weight, min=0.0, max=100.0, step=0.1,
                                tooltip="Weight of the target -> surrogate term."),
                 io.Float.Input("retain_weight", default=DEFAULT.retain_weight, min=0.0, max=100.0, step=0.1,

@@ -35,7 +35,9 @@ class DistillConfig:
     rank: int = 4
     alpha: float | None = None  # None: alpha = rank, so the LoRA's scale is 1
     steps: int = 200
-    lr: float = 1e-3  # tuned on the demo world (Checkerboard): 1e-4 erased 25% in 200 steps, 1e-3 and 3e-3 100%
+    # Chosen by the benchmark's tuning run on its held-out tuning targets (bench/results/tuning_quick.json):
+    # mean(UA, IRA, CRA) 95.5 / 96.8 / 97.8% for 3e-4 / 1e-3 / 3e-3 (1e-4 erased 25% in 200 steps).
+    lr: float = 3e-3
     batch_size: int = 1  # forget rows per step; as many retain rows ride in the same batch
     forget_weight: float = 1.0
     retain_weight: float = 1.0

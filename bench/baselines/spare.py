@@ -33,7 +33,7 @@ class SpareConfig:
     # stage 2 (spare_engine.DistillConfig defaults)
     rank: int = 4
     steps: int = 200
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 1
     forget_weight: float = 1.0
     retain_weight: float = 1.0

@@ -25,7 +25,7 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
 
 def test_quick_eval_set_covers_every_concept():
     items = run.eval_items("object", ["heart"], QUICK)
-    assert len(items) == len(QUICK.eval_seeds) * (12 + 11) and len(QUICK.eval_seeds) == 3
+    assert len(items) == len(QUICK.eval_seeds) * (12 + 11) and len(QUICK.eval_seeds) == 6
     for seed in QUICK.eval_seeds:  # the same set on every seed
         assert sorted(i.style for i in items if i.object == "heart" and i.seed == seed) == sorted(STYLES)
         assert len([i for i in items if i.seed == seed]) == 12 + 11
