@@ -59,7 +59,7 @@ PROFILES = {
     # Twelve target prompts: the target with every other-domain concept. With four, SPARE's heart erasure left
     # UA at 83% (IRA 91%); with twelve, UA 100% and IRA 97% (3 seeds, same eval set).
     "quick": Profile("quick", target_prompts=12, retain_prompts=6, eval_per_concept=1, eval_seeds=(0, 1, 2, 3, 4, 5),
-                     ablation_targets=2, curve_targets=2, budget_minutes=55.0),
+                     curve_targets=2, budget_minutes=55.0),
     "full": Profile("full", target_prompts=12, retain_prompts=11, eval_per_concept=None, eval_seeds=(0, 1),
                     multi_methods=("SPARE", "UCE", "ESD-x", "SalUn"), budget_minutes=600.0),
 }
