@@ -23,9 +23,10 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from bench.metrics import SUBSTITUTION
+from bench.metrics import ORIGINAL, SUBSTITUTION
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EVAL_TEMPLATE = 0  # every evaluation prompt uses UnlearnCanvas's phrasing, "An {object} image in {style} style."
 TUNED_FILE = RESULTS / "tuning_{profile}.json"
 
 # ------------------------------------------------------------------------------------- targets
@@ -167,7 +168,7 @@ def build_task(concepts: list[str], profile: Profile, seed: int = 0) -> Task:
 
 
 def eval_items(domain: str, targets: list[str], profile: Profile) -> list:
-    """The generation set an erasure is judged on (UnlearnCanvas phrasing, template 0).
+    """The generation set an erasure is judged on (UnlearnCanvas phrasing, EVAL_TEMPLATE).
 
     Full profile: every object x style pair per seed. Quick profile: every image of the
     targets (target x each other-domain concept), plus `eval_per_concept` images of every
@@ -176,13 +177,13 @@ def eval_items(domain: str, targets: list[str], profile: Profile) -> list:
     from demo_world.metrics import GenerationItem, generation_set
 
     if profile.eval_per_concept is None:
-        return generation_set(profile.eval_seeds)
+        return generation_set(profile.eval_seeds, template=EVAL_TEMPLATE)
     own, other = _domains()[domain], _domains()["style" if domain == "object" else "object"]
     items = []
 
     def item(concept, partner, seed):
         obj, style = (concept, partner) if domain == "object" else (partner, concept)
-        return GenerationItem(make_prompt(domain, concept, partner, 0), obj, style, seed)
+        return GenerationItem(make_prompt(domain, concept, partner, EVAL_TEMPLATE), obj, style, seed)
 
     for seed in profile.eval_seeds:
         for c in targets:
@@ -207,7 +208,7 @@ def surrogate_drawn_instead(items: list, domain: str, targets: list[str], surrog
     out = []
     for i in items:
         concept, partner = (i.object, i.style) if domain == "object" else (i.style, i.object)
-        prompt = make_prompt(domain, swap[concept], partner, 0) if concept in swap else i.prompt
+        prompt = make_prompt(domain, swap[concept], partner, EVAL_TEMPLATE) if concept in swap else i.prompt
         out.append(GenerationItem(prompt, i.object, i.style, i.seed))
     return out
 
@@ -472,7 +473,7 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
         task = tasks[c]
         items = eval_items(task.domain, [c], profile)
         scores = bench.metrics(task.domain, [c], bench.judge_base(items), items)
-        result["base"].append({"method": "original model", "domain": task.domain, "targets": [c], **scores})
+        result["base"].append({"method": ORIGINAL, "domain": task.domain, "targets": [c], **scores})
         result["base"].append(bench.substitution(task, items))
     result["notes"] = sanity_notes(result)
     write(result)
@@ -545,7 +546,7 @@ def sanity_notes(result: dict) -> list[str]:
     if not result["classifiers"]:
         notes.append("demo_world/weights/classifiers.safetensors is missing: UA/IRA/CRA are not measured.")
         return notes
-    base = [r for r in result["base"] if r["method"] == "original model" and r.get("IRA") is not None]
+    base = [r for r in result["base"] if r["method"] == ORIGINAL and r.get("IRA") is not None]
     if base:
         accuracy = sum(1 - r["UA"] for r in base) / len(base)
         retain = sum((r["IRA"] + r["CRA"]) / 2 for r in base) / len(base)
