@@ -7,12 +7,18 @@ from typing import Iterator
 
 import psutil  # a ComfyUI requirement
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 import comfy.model_management
 import comfy.utils
 
 from .comfy_denoiser import ComfyDenoiser
+
+# Attention backends while the engine runs: all but cuDNN's, which torch tries first on recent
+# NVIDIA cards and which plans each new attention shape on first use; the engine's stages use
+# many shapes (sampling, per-sample saliency, training batches). CPUs use the same backend as before.
+ENGINE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @contextlib.contextmanager
@@ -26,7 +32,7 @@ def engine_denoiser(model, clip, resolution: int | None = None) -> Iterator[Comf
     device = denoiser.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode(False):
+    with torch.inference_mode(False), sdpa_kernel(ENGINE_ATTENTION):
         denoiser.load()
         try:
             yield denoiser

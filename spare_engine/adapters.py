@@ -73,7 +73,10 @@ class LoraAdapter(nn.Module):
         return self.up * self.row_mask.view(-1, *[1] * (self.up.dim() - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.down.dtype)
+        # Under autocast the products run in its dtype whatever x's is (so a cast here would only
+        # cost a copy of the activation); without it, in the adapter's own precision.
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.down.dtype)
         if self.conv_args is None:
             return self.scale * F.linear(F.linear(x, self.down), self.masked_up())
         return self.scale * F.conv2d(F.conv2d(x, self.down, **self.conv_args), self.masked_up())

@@ -1,7 +1,8 @@
 """SPARE stage 2: self-distil a sparse LoRA that overwrites the target with its surrogate.
 
 The student is the host network with adapters on the salient layers; the teacher is the
-same network with the adapters switched off. On the target's own noisy latents,
+same network with the adapters switched off (it never sees their updates, so its targets
+are computed ahead in large batches). On the target's own noisy latents,
 
     loss = w_f * MSE(eps_{theta+delta}(x_t, t, c_target), sg[eps_theta(x_t, t, c_surrogate)])
          + w_r * MSE(eps_{theta+delta}(x_t, t, c_retain), sg[eps_theta(x_t, t, c_retain)])
@@ -20,12 +21,12 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from .adapters import adapters_disabled, attached, build_adapters
-from .denoiser import Denoiser, model_fingerprint
+from .denoiser import Conditioning, Denoiser, model_fingerprint
 from .lora import ErasureLoRA
 from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed,
                       gradients_only_for, release_cached_memory, resolve_autocast_dtype)
 from .saliency import SaliencyMap
-from .sampling import add_noise, prompt_latents
+from .sampling import add_noise, forward_batch_rows, prompt_latents
 from .timesteps import TimestepProfile
 from .version import __version__
 
@@ -94,6 +95,39 @@ class LatentPool:
         return cls(torch.cat(x0), torch.tensor(student_rows), torch.tensor(teacher_rows))
 
 
+@torch.no_grad()
+def _draw_steps(
+    denoiser: Denoiser, conds: Conditioning, forget: LatentPool, keep: LatentPool, timesteps: TimestepProfile,
+    batch: int, generator: torch.Generator, precision: torch.dtype | None, n_steps: int,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """n_steps training batches: (x_t, t, student prompt rows, teacher eps), each `batch` forget rows
+    then `batch` retain rows. The teacher's eps of all of them come from batched no-grad passes."""
+    device = torch.device(denoiser.device)
+    x0, t, noise, student_rows, teacher_rows = [], [], [], [], []
+    for _ in range(n_steps):
+        f = torch.randint(len(forget.x0), (batch,), generator=generator)
+        r = torch.randint(len(keep.x0), (batch,), generator=generator)
+        # Forget rows at the concept's noise levels; retain rows at every level, since damage can show anywhere.
+        t_forget = timesteps.sample(batch, generator)
+        t_retain = torch.randint(len(denoiser.alphas_cumprod), (batch,), generator=generator)
+        x0.append(torch.cat([forget.x0[f], keep.x0[r]]))
+        t.append(torch.cat([t_forget, t_retain]))
+        noise.append(torch.randn(x0[-1].shape, generator=generator))
+        student_rows.append(torch.cat([forget.student_rows[f], keep.student_rows[r]]))
+        teacher_rows.append(torch.cat([forget.teacher_rows[f], keep.teacher_rows[r]]))
+    t_all = torch.cat(t).to(device)
+    x_t = add_noise(denoiser.alphas_cumprod, torch.cat(x0), t_all, torch.cat(noise).to(device))
+    teacher_index, chunk = torch.cat(teacher_rows), forward_batch_rows(denoiser.latent_shape)
+    with record_function("spare/teacher"), autocast(device, precision):
+        teacher = torch.cat([
+            denoiser.predict_eps(x_t[i:i + chunk], t_all[i:i + chunk], conds.select(teacher_index[i:i + chunk])).float()
+            for i in range(0, len(t_all), chunk)
+        ])
+    rows = 2 * batch
+    return [(x_t[i * rows:(i + 1) * rows], t_all[i * rows:(i + 1) * rows], student_rows[i],
+             teacher[i * rows:(i + 1) * rows]) for i in range(n_steps)]
+
+
 @autograd_enabled()  # ComfyUI runs nodes under inference_mode; adapters must be normal tensors
 def distill(
     denoiser: Denoiser,
@@ -143,27 +177,22 @@ def distill(
     keep = LatentPool.build(x0, [(p, row[p], row[p]) for p in retain_prompts])
 
     batch = config.batch_size
+    # Steps whose teacher targets are computed together: about four full no-grad passes' worth of rows.
+    block_steps = max(1, 4 * forward_batch_rows(denoiser.latent_shape) // (2 * batch))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     with gradients_only_for(denoiser.module, params), attached(denoiser, adapters), \
             checkpointed(checkpoint_modules(denoiser, config.gradient_checkpointing)):
         for step in range(1, config.steps + 1):
-            f = torch.randint(len(forget.x0), (batch,), generator=generator)
-            r = torch.randint(len(keep.x0), (batch,), generator=generator)
-            # Forget rows at the concept's noise levels; retain rows at every level, since damage can show anywhere.
-            t_forget = timesteps.sample(batch, generator)
-            t_retain = torch.randint(len(denoiser.alphas_cumprod), (batch,), generator=generator)
-            t = torch.cat([t_forget, t_retain]).to(device)
-            x_0 = torch.cat([forget.x0[f], keep.x0[r]])
-            x_t = add_noise(denoiser.alphas_cumprod, x_0, t, torch.randn(x_0.shape, generator=generator).to(device))
-            student_cond = conds.select(torch.cat([forget.student_rows[f], keep.student_rows[r]]))
-            teacher_cond = conds.select(torch.cat([forget.teacher_rows[f], keep.teacher_rows[r]]))
-
-            # Teacher: the same network with adapters off; forget and retain rows in one batched pass.
-            with record_function("spare/teacher"), torch.no_grad(), adapters_disabled(adapters), \
-                    autocast(device, precision):
-                teacher = denoiser.predict_eps(x_t, t, teacher_cond).float()
+            if (step - 1) % block_steps == 0:
+                # The teacher is the network with adapters off: its targets ignore the student's
+                # updates, so the next steps' come from a few large passes instead of a small pass
+                # per step (on a GPU a small pass costs its kernel launches, not its rows).
+                with adapters_disabled(adapters):
+                    block = _draw_steps(denoiser, conds, forget, keep, timesteps, batch, generator, precision,
+                                        min(block_steps, config.steps - step + 1))
+            x_t, t, student_rows, teacher = block[(step - 1) % block_steps]
             with record_function("spare/student"), autocast(device, precision):
-                student = denoiser.predict_eps(x_t, t, student_cond).float()
+                student = denoiser.predict_eps(x_t, t, conds.select(student_rows)).float()
             forget_loss = F.mse_loss(student[:batch], teacher[:batch])
             retain_loss = F.mse_loss(student[batch:], teacher[batch:])
             loss = config.forget_weight * forget_loss + config.retain_weight * retain_loss

@@ -51,6 +51,13 @@ def sample_ddim(
     return x
 
 
+def forward_batch_rows(latent_shape: tuple[int, ...]) -> int:
+    """Rows one no-grad pass of the network holds: 32 up to 64x64 latents (SD1.5 at 512 px), fewer
+    for larger ones (SDXL at 1024 px: 8), so a pass holds about the activations of 32 rows at 64x64."""
+    height, width = latent_shape[-2:]
+    return max(1, min(32, 32 * 64 * 64 // (height * width)))
+
+
 def prompt_latents(
     denoiser: Denoiser,
     prompts: list[str],
@@ -68,13 +75,11 @@ def prompt_latents(
 
     `conds` has one row per prompt, in order. Generated latents of all prompts share batches of
     `batch_size` rows (each also runs its unconditional twin), which keeps the network busy;
-    None: 16 rows up to 64x64 latents (SD1.5 at 512 px), fewer for larger ones (SDXL at 1024 px:
-    4): one sampling batch then holds the activations of 32 rows at 64x64, whatever the size.
+    None: half of `forward_batch_rows` (SD1.5 at 512 px: 16, SDXL at 1024 px: 4).
     Returned latents are float32 on the denoiser's device.
     """
     if batch_size is None:
-        height, width = denoiser.latent_shape[-2:]
-        batch_size = max(1, min(16, 16 * 64 * 64 // (height * width)))
+        batch_size = max(1, forward_batch_rows(denoiser.latent_shape) // 2)  # each row also runs its unconditional twin
     given = given or {}
     for prompt, x0 in given.items():
         if x0.dim() != 4 or x0.shape[0] == 0 or tuple(x0.shape[1:]) != tuple(denoiser.latent_shape):

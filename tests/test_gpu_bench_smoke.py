@@ -92,11 +92,12 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     # Bit-identical on the CPU; bf16 kernels on a GPU may reorder sums.
     tolerance = 0.0 if results["device"] == "cpu" else 0.05 * variant["lora_up_max_abs"]
     assert variant["steps"] == 20 and variant["lora_up_max_abs_diff"] <= tolerance, variant
-    # --profile: torch.profiler table of distill's training steps, teacher and student passes labelled.
+    # --profile: torch.profiler table of distill's training steps, the student's passes labelled.
     profile_rec = m["profile"]
     assert "error" not in profile_rec, profile_rec["error"]
     assert (tmp_path / profile_rec["file"]).read_text().count("aten::") > 5
-    assert {r["name"] for r in profile_rec["labels"]} >= {"predict_eps/teacher (no grad)", "predict_eps/student (grad)"}
+    # The teacher's targets come in blocks before the steps that use them, outside the recorded window.
+    assert "predict_eps/student (grad)" in {r["name"] for r in profile_rec["labels"]}
 
     server = m["server"]
     assert "error" not in server, server["error"] + "\n" + server.get("log_tail", "")

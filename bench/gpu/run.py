@@ -382,7 +382,8 @@ def model_hash(model) -> tuple[str, float]:
 def run_profile(engine_denoiser, model, clip, resolution: int, artifacts: dict, out_dir: Path, family: str) -> dict:
     """torch.profiler over distill's training steps (wait 1, warm-up 1, record 4), node settings otherwise.
 
-    Teacher and student passes are labelled by wrapping the denoiser's predict_eps (record_function).
+    The student's passes are labelled by wrapping the denoiser's predict_eps (record_function); the
+    teacher's targets for these steps were computed in one block before step 1, outside the window.
     """
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
