@@ -1,0 +1,146 @@
+"""Where SDXL's erase spends its time and memory (one GPU call): per-sample peaks of saliency and
+per-step times / peaks of distill for a few engine variants, and a torch.profiler table.
+
+    python -m bench.gpu.diagnose --out $OUT [--family sdxl]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench.gpu import run as bench
+
+GiB = 2**30
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--family", default="sdxl")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--tiny", action="store_true", help="CPU dry run on the tests' tiny SD1.5 at 16 px")
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all), e.g. saliency_ckpt_on")
+    parser.add_argument("--no-profiler", action="store_true")
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    engine_denoiser = bench.setup_host()
+    import comfy.sd
+
+    from bench.gpu import checkpoints
+    from comfyui_spare.spare_engine import DistillConfig, compute_saliency, compute_timestep_profile, distill
+
+    report: dict = {"gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__, "runs": {}}
+
+    def save():
+        (out / f"diagnose_{args.family}.json").write_text(json.dumps(report, indent=1))
+
+    path = Path(tempfile.mkdtemp()) / f"random_{args.family}.safetensors"
+    t0 = time.perf_counter()
+    if args.tiny:
+        checkpoints.write_tiny_checkpoint("sd15", path)
+    else:
+        checkpoints.write_checkpoint(args.family, path, device="cuda")
+    resolution = bench.TINY_RESOLUTION if args.tiny else None
+    report["write_s"] = time.perf_counter() - t0
+
+    wanted = {n for n in args.only.split(",") if n}
+
+    def measured(name, fn):
+        if wanted and name not in wanted:
+            return None
+        ticks, peaks = [], []
+
+        def callback(step, total, loss=None):
+            bench.sync()
+            ticks.append(time.perf_counter())
+            if cuda:
+                peaks.append(torch.cuda.max_memory_allocated() / GiB)
+                torch.cuda.reset_peak_memory_stats()
+
+        bench.free_memory()
+        bench.reset_peak()
+        started = time.perf_counter()
+        rec = {}
+        try:
+            result = fn(callback)
+        except Exception as e:  # noqa: BLE001
+            result = None
+            rec["error"] = f"{type(e).__name__}: {e}"[:1500]
+            rec["traceback"] = traceback.format_exc()[-1500:]
+        bench.sync()
+        rec.update({"wall_s": time.perf_counter() - started, "before_first_s": ticks[0] - started if ticks else None,
+                    "step_s": [round(b - a, 4) for a, b in zip(ticks, ticks[1:])],
+                    "peak_gib_per_step": [round(p, 2) for p in peaks],
+                    "peak_gib_tail": torch.cuda.max_memory_allocated() / GiB if cuda else None})
+        report["runs"][name] = rec
+        print(name, json.dumps({k: v for k, v in rec.items() if k != "traceback"}), flush=True)
+        save()
+        return result
+
+    with torch.inference_mode():
+        model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+        target, surrogate, retain = bench.TARGET, bench.SURROGATE, list(bench.RETAIN)
+
+        def saliency(checkpointing, precision="auto"):
+            def fn(cb):
+                with engine_denoiser(model, clip, resolution) as d:
+                    return compute_saliency(d, [target], n_latents=1, samples_per_latent=3, seed=0,
+                                            gradient_checkpointing=checkpointing, autocast_dtype=precision, callback=cb)
+            return fn
+
+        sal = measured("saliency_ckpt_on", saliency(True))
+        measured("saliency_ckpt_off", saliency(False))
+        measured("saliency_fp16_ckpt_on", saliency(True, None))
+        prof = measured("profile", lambda cb: _profile(engine_denoiser, model, clip, resolution, compute_timestep_profile, cb))
+
+        def distilled(**changes):
+            config = dataclasses.replace(DistillConfig(), steps=args.steps, latents_per_prompt=1, **changes)
+
+            def fn(cb):
+                with engine_denoiser(model, clip, resolution) as d:
+                    return distill(d, [target], [surrogate], retain, sal, prof, config, callback=cb)
+            return fn
+
+        measured("distill_ckpt_on_bf16", distilled(gradient_checkpointing=True))
+        measured("distill_ckpt_off_bf16", distilled(gradient_checkpointing=False))
+        measured("distill_ckpt_on_fp16native", distilled(gradient_checkpointing=True, autocast_dtype=None))
+        measured("distill_ckpt_off_fp16native", distilled(gradient_checkpointing=False, autocast_dtype=None))
+        measured("distill_ckpt_on_bf16_batch2", distilled(gradient_checkpointing=True, batch_size=2))
+
+        if args.no_profiler:
+            path.unlink(missing_ok=True)
+            return 0
+        from torch.profiler import ProfilerActivity, profile, schedule
+        config = dataclasses.replace(DistillConfig(), steps=6, latents_per_prompt=1, gradient_checkpointing=True)
+        try:
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                         schedule=schedule(wait=1, warmup=1, active=4)) as p:
+                with engine_denoiser(model, clip, resolution) as d:
+                    distill(d, [target], [surrogate], retain, sal, prof, config, callback=lambda *a: p.step())
+            events = p.key_averages()
+            text = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=35) + "\n\n" + \
+                events.table(sort_by="self_cpu_time_total", row_limit=35)
+            (out / f"diagnose_profile_{args.family}.txt").write_text(text)
+            print(text[:6000], flush=True)
+        except Exception as e:  # noqa: BLE001
+            print("profile failed", e, traceback.format_exc(), flush=True)
+    path.unlink(missing_ok=True)
+    return 0
+
+
+def _profile(engine_denoiser, model, clip, resolution, compute_timestep_profile, cb):
+    with engine_denoiser(model, clip, resolution) as d:
+        return compute_timestep_profile(d, [bench.TARGET], [bench.SURROGATE], n_latents=1, seed=0, callback=cb)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
