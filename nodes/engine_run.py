@@ -16,8 +16,9 @@ import comfy.utils
 from .comfy_denoiser import ComfyDenoiser
 
 # Attention backends while the engine runs: all but cuDNN's, which torch tries first on recent
-# NVIDIA cards and which plans each new attention shape on first use; the engine's stages use
-# many shapes (sampling, per-sample saliency, training batches). CPUs use the same backend as before.
+# NVIDIA cards and which plans each new attention shape on first use, and the stages use many
+# shapes (sampling, per-sample saliency, training batches). On an H200 this took SD1.5 saliency's
+# first gradient sample from 17.8 s into the stage to 4.8 s. CPUs keep the backend they had.
 ENGINE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

@@ -110,3 +110,17 @@ def test_running_out_of_ram_says_how_much_and_releases_the_model(sd15, pack):
             torch.empty(2**48, dtype=torch.uint8)  # 256 TiB: no machine has it
     assert all(loaded.model is not used[0].patcher for loaded in comfy.model_management.current_loaded_models)
     assert not model.weight_wrapper_patches
+
+
+def test_engine_stages_run_attention_without_cudnn_and_restore_the_choice(sd15, pack):
+    from comfyui_spare.nodes.engine_run import engine_denoiser
+
+    model, clip = sd15
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+              torch.backends.cuda.math_sdp_enabled())
+    with engine_denoiser(model, clip, resolution=64):
+        inside = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+                  torch.backends.cuda.math_sdp_enabled())
+    assert inside == (False, True, True)
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+            torch.backends.cuda.math_sdp_enabled()) == before
