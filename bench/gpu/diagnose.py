@@ -26,7 +26,8 @@ def main() -> int:
     parser.add_argument("--family", default="sdxl")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--tiny", action="store_true", help="CPU dry run on the tests' tiny SD1.5 at 16 px")
-    parser.add_argument("--only", default="", help="comma-separated run names (default: all), e.g. saliency_ckpt_on")
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all); the distill runs "
+                        "need saliency_ckpt_on and profile")
     parser.add_argument("--no-profiler", action="store_true")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
@@ -102,11 +103,17 @@ def main() -> int:
         measured("saliency_fp16_ckpt_on", saliency(True, None))
         prof = measured("profile", lambda cb: _profile(engine_denoiser, model, clip, resolution, compute_timestep_profile, cb))
 
-        def distilled(**changes):
+        def distilled(only_wide_blocks=False, **changes):
             config = dataclasses.replace(DistillConfig(), steps=args.steps, latents_per_prompt=1, **changes)
 
             def fn(cb):
                 with engine_denoiser(model, clip, resolution) as d:
+                    if only_wide_blocks:
+                        # Checkpoint only the transformer blocks of the lowest resolution (SDXL: 60 blocks at
+                        # 1280 channels, most of the activation memory) and keep the others' activations.
+                        every = d.checkpoint_modules()
+                        d.checkpoint_modules = lambda: [m for m in every if hasattr(m, "attn1")
+                                                        and m.attn1.to_q.in_features >= 1280]
                     return distill(d, [target], [surrogate], retain, sal, prof, config, callback=cb)
             return fn
 
@@ -115,6 +122,7 @@ def main() -> int:
         measured("distill_ckpt_on_fp16native", distilled(gradient_checkpointing=True, autocast_dtype=None))
         measured("distill_ckpt_off_fp16native", distilled(gradient_checkpointing=False, autocast_dtype=None))
         measured("distill_ckpt_on_bf16_batch2", distilled(gradient_checkpointing=True, batch_size=2))
+        measured("distill_ckpt_wide_blocks_bf16", distilled(only_wide_blocks=True, gradient_checkpointing=True))
 
         if args.no_profiler:
             path.unlink(missing_ok=True)
