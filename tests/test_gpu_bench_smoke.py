@@ -129,3 +129,17 @@ def test_real_size_sd15_and_sdxl_layouts_are_detected_by_comfyui():
     assert by_family["sd15"]["text_params"] == 123_060_480  # CLIP-L
     for report in reports:
         assert report["ok"], report
+
+
+def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
+    """bench/gpu/graphs_probe.py: on the CPU only the eager distill steps run (CUDA graphs need a GPU)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu.graphs_probe", "--tiny", "--steps", "5", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads((tmp_path / "graphs_probe_sd15.json").read_text())
+    assert "error" not in report["eager"], report["eager"].get("traceback")
+    assert report["eager"]["ms_per_step"] > 0 and len(report["eager"]["last_losses"]) == 3
+    assert all(loss > 0 for loss in report["eager"]["first_losses"])
+    assert "graphed" not in report and "speedup" not in report
