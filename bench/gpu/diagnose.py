@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -36,7 +35,6 @@ def main() -> int:
     engine_denoiser = bench.setup_host()
     import comfy.sd
 
-    from bench.gpu import checkpoints
     from comfyui_spare.spare_engine import DistillConfig, compute_saliency, compute_timestep_profile, distill
 
     report: dict = {"gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__, "runs": {}}
@@ -44,13 +42,8 @@ def main() -> int:
     def save():
         (out / f"diagnose_{args.family}.json").write_text(json.dumps(report, indent=1))
 
-    path = Path(tempfile.mkdtemp()) / f"random_{args.family}.safetensors"
     t0 = time.perf_counter()
-    if args.tiny:
-        checkpoints.write_tiny_checkpoint("sd15", path)
-    else:
-        checkpoints.write_checkpoint(args.family, path, device="cuda")
-    resolution = bench.TINY_RESOLUTION if args.tiny else None
+    path, resolution = bench.scratch_checkpoint(args.family, args.tiny)
     report["write_s"] = time.perf_counter() - t0
 
     wanted = {n for n in args.only.split(",") if n}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,7 +38,6 @@ def main() -> int:
     engine_denoiser = bench.setup_host()
     import comfy.sd
 
-    from bench.gpu import checkpoints
     from comfyui_spare.spare_engine import compute_saliency, compute_timestep_profile
 
     cuda = torch.cuda.is_available()
@@ -50,12 +48,7 @@ def main() -> int:
     def save():
         result_path.write_text(json.dumps(report, indent=1) + "\n")
 
-    path = Path(tempfile.mkdtemp()) / f"random_{args.family}.safetensors"
-    if args.tiny:
-        checkpoints.write_tiny_checkpoint("sd15", path)
-    else:
-        checkpoints.write_checkpoint(args.family, path, device="cuda" if cuda else "cpu")
-    resolution = bench.TINY_RESOLUTION if args.tiny else None
+    path, resolution = bench.scratch_checkpoint(args.family, args.tiny)
     with torch.inference_mode():
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
         with engine_denoiser(model, clip, resolution) as d:

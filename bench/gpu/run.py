@@ -213,6 +213,20 @@ class Stage:
         return False
 
 
+def scratch_checkpoint(family: str, tiny: bool) -> tuple[Path, int | None]:
+    """For the one-call GPU tools (diagnose.py, graphs_probe.py): a random-weight checkpoint of `family`
+    in a fresh temporary folder (--tiny: the tests' tiny SD1.5 for a CPU dry run) and the resolution
+    input to erase at (None: the model's native one)."""
+    from bench.gpu import checkpoints
+
+    path = Path(tempfile.mkdtemp(prefix="spare-ckpt-")) / f"random_{family}.safetensors"
+    if tiny:
+        checkpoints.write_tiny_checkpoint("sd15", path)
+        return path, TINY_RESOLUTION
+    checkpoints.write_checkpoint(family, path, device="cuda" if cuda() else "cpu")
+    return path, None
+
+
 # ------------------------------------------------------------------------------------------- stages
 
 
