@@ -67,6 +67,7 @@ class ComfyServer:
     log_path: Path | None = None
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cpu: bool = True  # tests and the CPU demo pin ComfyUI to the CPU; the GPU benchmark turns this off
+    extra_args: tuple[str, ...] = ()  # more main.py flags
 
     @property
     def url(self) -> str:
@@ -95,6 +96,7 @@ class ComfyServer:
         ]
         if self.cpu:
             cmd.append("--cpu")
+        cmd += list(self.extra_args)
         if importlib.util.find_spec("comfyui_frontend_package") is None:
             # A host without the frontend package (the GPU machine) still serves the API.
             web = self.base_dir / "web"

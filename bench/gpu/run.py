@@ -57,6 +57,8 @@ TARGET = "a painting in the style of Vincent van Gogh"
 SURROGATE = "a painting"
 RETAIN = ["a painting in the style of Claude Monet", "a photo of a dog"]
 
+ALLOCATORS = ("native", "cudaMallocAsync")  # torch's CUDA allocator backends
+
 # Issue #7's acceptance targets.
 TARGETS = {
     "sd15": {"erase_s": 60.0, "peak_gib": 8.0, "adapter_mib": 10.0},
@@ -501,7 +503,10 @@ def run_server(checkpoint: Path, defaults: dict, resolution: int, family: str) -
 
     save_name = f"gpu_bench_{family}"
     base = new_base_dir()
-    server = ComfyServer(base, cpu=not cuda())
+    # ComfyUI switches its process to torch's cudaMallocAsync allocator unless told not to; with
+    # --disable-cuda-malloc it keeps the PYTORCH_CUDA_ALLOC_CONF it inherits from this process, so
+    # both runs use the same allocator and the comparison measures the node path alone.
+    server = ComfyServer(base, cpu=not cuda(), extra_args=("--disable-cuda-malloc",))
     rec: dict = {"resolution": resolution}
     try:
         (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -509,6 +514,8 @@ def run_server(checkpoint: Path, defaults: dict, resolution: int, family: str) -
         started = time.perf_counter()
         server.start(timeout=300.0)
         rec["server_start_s"] = time.perf_counter() - started
+        device_line = re.search(r"^Device: (.*)$", server.log(), re.MULTILINE)
+        rec["server_device"] = device_line.group(1).strip() if device_line else None
         errors = server.pack_import_errors()
         if errors:
             raise RuntimeError("the pack failed to import in ComfyUI:\n" + "\n".join(errors))
@@ -785,7 +792,8 @@ def _f(value, fmt="{:.2f}") -> str:
 def markdown(results: dict) -> str:
     lines = [f"# SPARE at real scale on {results['gpu'] or 'CPU'} (issue #7)", ""]
     lines += [f"* Device: **{results['gpu'] or 'CPU'}**; torch {results['torch']} (CUDA {results['cuda']}); "
-              f"ComfyUI {results['comfyui']}; engine {results['engine_version']}; {results['created']}.",
+              f"ComfyUI {results['comfyui']}; engine {results['engine_version']}; {results['created']}"
+              + (f"; CUDA allocator {results['allocator']}" if results.get("allocator") else "") + ".",
               f"* Command: `{results['command']}`.",
               "* Models: random weights in the real SD1.5 / SDXL single-file formats (bench/gpu/checkpoints.py), "
               "loaded with ComfyUI's checkpoint loader; speed and memory do not depend on the weights' values.",
@@ -880,7 +888,8 @@ def markdown(results: dict) -> str:
                          f"({s['server_peak_gib_approx']:.1f} GiB above the bench process's baseline)"
                          if "device_used_peak_gib" in s else "")
                       + f"; adapter file {_f((s.get('adapter_bytes') or 0) / 2**20)} MiB; server MODEL hash after the erase "
-                      f"equals the direct run's before: **{_f(s.get('hash_equals_direct_before'))}**.", ""]
+                      f"equals the direct run's before: **{_f(s.get('hash_equals_direct_before'))}**"
+                      + (f"; server device `{s['server_device']}`" if s.get("server_device") else "") + ".", ""]
         elif "error" in s:
             lines += [f"**Server run failed**: `{s['error'][:500]}`", ""]
         p = m.get("profile")
@@ -954,7 +963,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch here and in the server (default: 1 with --tiny, else torch's)")
     parser.add_argument("--merge", nargs="+", default=None, help="merge per-model result JSONs into one file in --out")
+    parser.add_argument("--allocator", choices=ALLOCATORS, default=None,
+                        help="torch's CUDA allocator here and in the server (default: PYTORCH_CUDA_ALLOC_CONF's, "
+                        "else native); a stock ComfyUI uses cudaMallocAsync")
     args = parser.parse_args(argv)
+    if args.allocator:
+        # Read when CUDA first initialises, which has not happened yet in this process.
+        conf = [part for part in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "").split(",")
+                if part and not part.startswith("backend:")]
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ",".join([*conf, f"backend:{args.allocator}"])
     if args.threads is None and args.tiny:
         args.threads = 1  # a shared small CPU: more threads than free cores makes every op wait on the others
     if args.threads:
@@ -1016,6 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
         props = torch.cuda.get_device_properties(0)
         results["gpu_memory_gib"] = props.total_memory / GiB
         results["vram_state"] = str(comfy.model_management.vram_state)
+        results["allocator"] = torch.cuda.get_allocator_backend()
+        if args.allocator and results["allocator"] != args.allocator:
+            log(f"--allocator {args.allocator} was asked for, but torch runs {results['allocator']}")
     ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(tempfile.mkdtemp(prefix="spare-ckpt-"))
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
