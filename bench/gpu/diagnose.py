@@ -1,5 +1,6 @@
 """Where SDXL's erase spends its time and memory (one GPU call): per-sample peaks of saliency and
-per-step times / peaks of distill for a few engine variants, and a torch.profiler table.
+per-step times / peaks of distill for a few engine variants, and a torch.profiler table; `oom_message`
+records what a user sees when the card is too small (a stage at 8192 px).
 
     python -m bench.gpu.diagnose --out $OUT [--family sdxl]
 """
@@ -91,6 +92,16 @@ def main() -> int:
                                             gradient_checkpointing=checkpointing, autocast_dtype=precision, callback=cb)
             return fn
 
+        def out_of_memory(cb):
+            # Far more pixels than any card holds (issue #7: the message must say how much was needed). Given
+            # latents skip the data-free sampling, so the first gradient pass runs out at once.
+            size = 64 if args.tiny else 8192
+            with engine_denoiser(model, clip, size) as d:
+                latents = {target: torch.randn(1, *d.latent_shape, device=d.device)}
+                return compute_saliency(d, [target], latents=latents, samples_per_latent=1,
+                                        gradient_checkpointing=False, callback=cb)
+
+        measured("oom_message", out_of_memory)
         sal = measured("saliency_ckpt_on", saliency(True))
         measured("saliency_ckpt_off", saliency(False))
         measured("saliency_fp16_ckpt_on", saliency(True, None))
