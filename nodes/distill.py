@@ -40,7 +40,8 @@ class SpareDistill(io.ComfyNode):
                 io.Float.Input("forget_weight", default=DEFAULT.forget_weight, min=0.0, max=100.0, step=0.1,
                                tooltip="Weight of the target -> surrogate term."),
                 io.Float.Input("retain_weight", default=DEFAULT.retain_weight, min=0.0, max=100.0, step=0.1,
-                               tooltip="Weight of the keep-retained-concepts term."),
+                               tooltip="Weight of the keep-retained-concepts term. Higher keeps the retained concepts "
+                                       "closer to the original model; the default was best on the demo model."),
                 io.Int.Input("batch_size", default=DEFAULT.batch_size, min=1, max=64,
                              tooltip="Forget rows per step (as many retain rows ride along)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,

@@ -30,17 +30,17 @@ class SpareConfig:
     timesteps: str = "concept"  # or "uniform"
     grid_size: int = 20
     uniform_mix: float = 0.2
-    # stage 2 (spare_engine.DistillConfig defaults)
-    rank: int = 4
-    steps: int = 200
-    lr: float = 3e-3
-    batch_size: int = 1
-    forget_weight: float = 1.0
-    retain_weight: float = 1.0
-    latents_per_prompt: int = 4
-    sampling_steps: int = 20
-    cfg_scale: float = 7.5
-    seed: int = 0
+    # stage 2: spare_engine.DistillConfig's defaults
+    rank: int = DistillConfig.rank
+    steps: int = DistillConfig.steps
+    lr: float = DistillConfig.lr
+    batch_size: int = DistillConfig.batch_size
+    forget_weight: float = DistillConfig.forget_weight
+    retain_weight: float = DistillConfig.retain_weight
+    latents_per_prompt: int = DistillConfig.latents_per_prompt
+    sampling_steps: int = DistillConfig.sampling_steps
+    cfg_scale: float = DistillConfig.cfg_scale
+    seed: int = DistillConfig.seed
 
     def distill_config(self) -> DistillConfig:
         names = {f.name for f in fields(DistillConfig)}

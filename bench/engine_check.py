@@ -1,0 +1,119 @@
+"""The engine's own check (issue #4): SPARE at its default settings on one style and one object, judged on the
+whole generation set, with the uniform-timestep and no-saliency variants, all in one run.
+
+    python -m bench.engine_check                          # Blueprint and heart, about 20 min on 2 CPU cores
+    python -m bench.engine_check --targets Watercolor,arrow --name engine_check_more
+
+Every erasure uses `spare.SpareConfig()` as it stands (the engine's and the nodes' defaults, not the
+benchmark's tuned settings), the `full` profile's prompts (the target with 12 partners across the four
+phrasings; one retain prompt per kept concept of the domain, 11) and its evaluation: every object x style
+pair, seeds 0 and 1, 288 images. Per erasure: UA / IRA / CRA, wall time per stage, peak RSS growth, the
+LoRA file's size, trainable parameters. Reference rows: the original model and the ideal substitution.
+Results: bench/results/<name>.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+
+from bench.metrics import ORIGINAL, SUBSTITUTION
+from bench.run import PROFILES, RESULTS, Bench, build_task, eval_items
+
+VARIANTS = {
+    "SPARE": {},
+    "SPARE (uniform timesteps)": {"timesteps": "uniform"},
+    "SPARE (no saliency: all layers)": {"top_modules": 1.0},
+}
+# Issue #4: each single-target erasure at default settings, on the demo world's generation set.
+THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.90}
+MAX_SECONDS = 300.0
+
+
+def run(targets: list[str], name: str, threads: int) -> dict:
+    from bench.baselines import spare
+
+    profile = replace(PROFILES["full"], name=name)
+    bench = Bench(profile, threads)
+    result = {"name": name, "targets": targets, "profile": asdict(profile), "config": asdict(spare.SpareConfig()),
+              "machine": f"{platform.processor() or platform.machine()}, {threads} torch threads",
+              "created": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
+    for target in targets:
+        task = build_task([target], profile)
+        items = eval_items(task.domain, task.concepts, profile)
+        base = bench.metrics(task.domain, task.concepts, bench.judge_base(items), items)
+        result["rows"].append({"method": ORIGINAL, "domain": task.domain, "targets": [target], **base})
+        result["rows"].append({**bench.substitution(task, items)})
+        for label, switch in VARIANTS.items():
+            for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
+                result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
+        result["minutes"] = bench.minutes()
+        write(result)
+    result["host_weights_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
+    write(result)
+    return result
+
+
+def acceptance(result: dict) -> list[tuple[str, str, bool]]:
+    checks = []
+    for row in result["rows"]:
+        if row["method"] != "SPARE":
+            continue
+        target = row["targets"][0]
+        for metric, floor in THRESHOLDS.items():
+            checks.append((f"{target} ({row['domain']}) {metric}", f"{100 * row[metric]:.1f}% (>= {100 * floor:.0f}%)",
+                           row[metric] >= floor))
+        checks.append((f"{target} ({row['domain']}) erase time", f"{row['seconds']:.0f} s (< {MAX_SECONDS:.0f} s)",
+                       row["seconds"] < MAX_SECONDS))
+    return checks
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# SPARE's engine check on the demo world: `{result['name']}` (issue #4)", "",
+             f"Targets {result['targets']}; `SpareConfig()` defaults: `{json.dumps(result['config'])}`.",
+             "Prompts: the target with 12 partners over the four phrasings; 11 retain prompts (one per kept concept); "
+             "surrogate = the next concept of the domain. Judged on the whole generation set: every object x style "
+             "pair, seeds 0 and 1 (288 images), euler 20 steps, cfg 6. "
+             f"Machine: {result['machine']}; {result.get('minutes', 0):.1f} min in all; host weights unchanged: "
+             f"{result.get('host_weights_unchanged')}.", "",
+             "| target | variant | UA | IRA | CRA | latents / saliency / timesteps / distill (s) | erase (s) "
+             "| peak RSS growth (MB) | LoRA file | trainable params |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        pct = " | ".join(f"{100 * row[m]:.1f}" for m in ("UA", "IRA", "CRA"))
+        if "seconds" not in row:
+            lines.append(f"| {row['targets'][0]} | {row['method']} | {pct} | | | | | |")
+            continue
+        stages = row["info"]["stage_seconds"]
+        split = " / ".join(f"{stages.get(s, 0.0):.1f}" for s in ("latents", "saliency", "timesteps", "distill"))
+        lines.append(f"| {row['targets'][0]} | {row['method']} | {pct} | {split} | {row['seconds']:.1f} | "
+                     f"{row['peak_rss_mb']:.0f} | {row['stored_bytes'] / 1024:.1f} KB | {row['trainable_params']:,} |")
+    lines += ["", "## Acceptance (issue #4), SPARE at its defaults", "", "| check | value | met |", "|---|---|---|"]
+    lines += [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in acceptance(result)]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=1, default=str))
+    (RESULTS / f"{result['name']}.md").write_text(markdown(result))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="Blueprint,heart", help="comma-separated concepts, each erased alone")
+    parser.add_argument("--name", default="engine_check")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    from demo_world.dataset import OBJECTS, STYLES
+
+    unknown = [t for t in targets if t not in OBJECTS + STYLES]
+    if unknown or not targets:
+        parser.error(f"--targets: unknown {unknown}; use the demo world's objects {OBJECTS} or styles {STYLES}")
+    run(targets, args.name, args.threads)
+
+
+if __name__ == "__main__":
+    main()
