@@ -19,16 +19,12 @@ import platform
 import time
 from dataclasses import asdict, replace
 
-from bench.metrics import ORIGINAL, SUBSTITUTION
-from bench.run import PROFILES, RESULTS, TUNING, Bench, build_task, eval_items
+from bench.run import ABLATIONS, PROFILES, RESULTS, TUNING, Bench, build_task, eval_items
 
 # The benchmark's reported targets (held out from every tuning), then its tuning targets.
 DEFAULT_TARGETS = ["Blueprint", "Watercolor", "heart", "arrow", "Checkerboard", "triangle"]
-VARIANTS = {
-    "SPARE": {},
-    "SPARE (uniform timesteps)": {"timesteps": "uniform"},
-    "SPARE (no saliency: all layers)": {"top_modules": 1.0},
-}
+VARIANTS = {"SPARE": {}, **{label: ABLATIONS[label] for label in
+                             ("SPARE (uniform timesteps)", "SPARE (no saliency: all layers)")}}
 # Issue #4: each single-target erasure at default settings, on the demo world's generation set.
 THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.90}
 MAX_SECONDS = 300.0
@@ -45,9 +41,7 @@ def run(targets: list[str], name: str, threads: int) -> dict:
     for target in targets:
         task = build_task([target], profile)
         items = eval_items(task.domain, task.concepts, profile)
-        base = bench.metrics(task.domain, task.concepts, bench.judge_base(items), items)
-        result["rows"].append({"method": ORIGINAL, "domain": task.domain, "targets": [target], **base})
-        result["rows"].append({**bench.substitution(task, items)})
+        result["rows"] += bench.reference_rows(task, items)
         for label, switch in VARIANTS.items():
             for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
                 result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
@@ -73,13 +67,18 @@ def acceptance(result: dict) -> list[tuple[str, str, bool]]:
 
 
 def markdown(result: dict) -> str:
+    from demo_world.dataset import OBJECTS, STYLES
+
     tuning = [t for t in result["targets"] if t in TUNING["style"] + TUNING["object"]]
     held_out = [t for t in result["targets"] if t not in tuning]
+    profile = result["profile"]
     lines = [f"# SPARE's engine check on the demo world: `{result['name']}` (issue #4)", "",
              f"Targets {result['targets']}; `SpareConfig()` defaults: `{json.dumps(result['config'])}`.",
-             "Prompts: the target with 12 partners over the four phrasings; 11 retain prompts (one per kept concept); "
-             "surrogate = the next concept of the domain. Judged on the whole generation set: every object x style "
-             "pair, seeds 0 and 1 (288 images), euler 20 steps, cfg 6. "
+             f"Prompts: the target with {profile['target_prompts']} partners over the four phrasings; "
+             f"{profile['retain_prompts']} retain prompts (one per kept concept); surrogate = the next concept of the "
+             "domain. Judged on the whole generation set: every object x style pair, seeds "
+             f"{', '.join(map(str, profile['eval_seeds']))} ({len(OBJECTS) * len(STYLES) * len(profile['eval_seeds'])} images), "
+             "euler 20 steps, cfg 6. "
              f"Machine: {result['machine']}; {result.get('minutes', 0):.1f} min in all; host weights unchanged: "
              f"{result.get('host_weights_unchanged')}.",
              f"The defaults' learning rate and retain weight were chosen on the tuning targets {tuning}; "

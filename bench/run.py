@@ -374,6 +374,12 @@ class Bench:
     def metrics(self, domain: str, targets: list[str], judgements, items) -> dict:
         return score(domain, targets, judgements, items)
 
+    def reference_rows(self, task: Task, items) -> list[dict]:
+        """The original model's row and the ideal substitution's row for `task` on its eval `items`."""
+        original = self.metrics(task.domain, task.concepts, self.judge_base(items), items)
+        return [{"method": ORIGINAL, "domain": task.domain, "targets": task.concepts, **original},
+                self.substitution(task, items)]
+
     def substitution(self, task: Task, items) -> dict:
         """The ideal-substitution reference row for `task` on its eval `items` (see surrogate_drawn_instead)."""
         swapped = surrogate_drawn_instead(items, task.domain, task.concepts, task.surrogate_concepts)
@@ -472,9 +478,7 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
     for c in targets:  # the original model on every eval set
         task = tasks[c]
         items = eval_items(task.domain, [c], profile)
-        scores = bench.metrics(task.domain, [c], bench.judge_base(items), items)
-        result["base"].append({"method": ORIGINAL, "domain": task.domain, "targets": [c], **scores})
-        result["base"].append(bench.substitution(task, items))
+        result["base"] += bench.reference_rows(task, items)
     result["notes"] = sanity_notes(result)
     write(result)
     for c in targets:

@@ -155,7 +155,8 @@ def test_engine_check_judges_each_spare_row_against_issue_4s_thresholds():
                 "seconds": seconds, "peak_rss_mb": 120.0, "stored_bytes": 360_000, "trainable_params": 83_616,
                 "info": {"stage_seconds": {"latents": 9.0, "saliency": 6.0, "timesteps": 11.0, "distill": 20.0}}}
 
-    result = {"name": "check", "targets": ["Blueprint", "heart"], "config": {}, "machine": "cpu", "rows": [
+    result = {"name": "check", "targets": ["Blueprint", "heart"], "config": {}, "machine": "cpu",
+              "profile": {"target_prompts": 12, "retain_prompts": 11, "eval_seeds": [0, 1]}, "rows": [
         {"method": "original model", "domain": "style", "targets": ["Blueprint"], "UA": 0.0, "IRA": 1.0, "CRA": 0.934},
         spare_row("Blueprint", "style", 1.0, 1.0, 0.889, 42.0),
         spare_row("Blueprint", "style", 0.5, 0.5, 0.5, 40.0, method="SPARE (uniform timesteps)"),
