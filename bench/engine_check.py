@@ -1,13 +1,15 @@
 """The engine's own check (issue #4): SPARE at its default settings on single styles and objects, judged on the
 whole generation set, with the uniform-timestep and no-saliency variants, all in one run.
 
-    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~27 min on 2 cores
-    python -m bench.engine_check --targets Neon,moon --name engine_check_more
+    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~45 min on 2 cores
+    python -m bench.engine_check --targets Neon,moon --seeds 0 --name engine_check_more
 
 Every erasure uses `spare.SpareConfig()` as it stands (the engine's and the nodes' defaults, not the
 benchmark's tuned settings), the `full` profile's prompts (the target with 12 partners across the four
 phrasings; one retain prompt per kept concept of the domain, 11) and its evaluation: every object x style
-pair, seeds 0 and 1, 288 images. Per erasure: UA / IRA / CRA, wall time per stage, peak RSS growth, the
+pair, seeds 0 and 1, 288 images. SPARE runs once per training seed (`--seeds`, default 0, 1, 2): one run's
+CRA moves by several points with the seed alone, so the acceptance is judged on the mean over seeds. The
+variants run at the first seed. Per erasure: UA / IRA / CRA, wall time per stage, peak RSS growth, the
 LoRA file's size, trainable parameters. Reference rows: the original model and the ideal substitution.
 Results: bench/results/<name>.{json,md}.
 """
@@ -23,28 +25,31 @@ from bench.run import ABLATIONS, PROFILES, RESULTS, TUNING, Bench, build_task, e
 
 # The benchmark's reported targets (held out from every tuning), then its tuning targets.
 DEFAULT_TARGETS = ["Blueprint", "Watercolor", "heart", "arrow", "Checkerboard", "triangle"]
-VARIANTS = {"SPARE": {}, **{label: ABLATIONS[label] for label in
-                             ("SPARE (uniform timesteps)", "SPARE (no saliency: all layers)")}}
+VARIANTS = {label: ABLATIONS[label] for label in ("SPARE (uniform timesteps)", "SPARE (no saliency: all layers)")}
+DEFAULT_SEEDS = (0, 1, 2)
 # Issue #4: each single-target erasure at default settings, on the demo world's generation set.
 THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.90}
 MAX_SECONDS = 300.0
 
 
-def run(targets: list[str], name: str, threads: int) -> dict:
+def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DEFAULT_SEEDS) -> dict:
     from bench.baselines import spare
 
     profile = replace(PROFILES["full"], name=name)
     bench = Bench(profile, threads)
     result = {"name": name, "targets": targets, "profile": asdict(profile), "config": asdict(spare.SpareConfig()),
               "machine": f"{platform.processor() or platform.machine()}, {threads} torch threads",
-              "created": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
+              "created": time.strftime("%Y-%m-%d %H:%M"), "seeds": list(seeds), "rows": []}
     for target in targets:
         task = build_task([target], profile)
         items = eval_items(task.domain, task.concepts, profile)
         result["rows"] += bench.reference_rows(task, items)
-        for label, switch in VARIANTS.items():
+        runs = [("SPARE", {"seed": seed}) for seed in seeds]
+        runs += [(label, {**switch, "seed": seeds[0]}) for label, switch in VARIANTS.items()]
+        for label, switch in runs:
             for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
-                result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
+                result["rows"].append({**row, "seed": switch["seed"], "retain": task.retain,
+                                       "surrogate_prompts": task.surrogates[:3]})
         result["minutes"] = bench.minutes()
         write(result)
     result["host_weights_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
@@ -52,17 +57,34 @@ def run(targets: list[str], name: str, threads: int) -> dict:
     return result
 
 
-def acceptance(result: dict) -> list[tuple[str, str, bool]]:
-    checks = []
+def seed_summary(result: dict) -> list[dict]:
+    """Per target, SPARE's runs at its defaults over the training seeds: mean, lowest and highest of each figure."""
+    by_target: dict[str, list[dict]] = {}
     for row in result["rows"]:
-        if row["method"] != "SPARE":
-            continue
-        target = row["targets"][0]
+        if row["method"] == "SPARE":
+            by_target.setdefault(row["targets"][0], []).append(row)
+    summary = []
+    for target, rows in by_target.items():
+        entry = {"target": target, "domain": rows[0]["domain"], "seeds": [r.get("seed") for r in rows]}
+        for metric in (*THRESHOLDS, "seconds"):
+            values = [r[metric] for r in rows]
+            entry[metric] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        summary.append(entry)
+    return summary
+
+
+def acceptance(result: dict) -> list[tuple[str, str, bool]]:
+    """Issue #4's thresholds on each target's mean over seeds; the erase time on its slowest seed."""
+    checks = []
+    for entry in seed_summary(result):
+        name, n = f"{entry['target']} ({entry['domain']})", len(entry["seeds"])
         for metric, floor in THRESHOLDS.items():
-            checks.append((f"{target} ({row['domain']}) {metric}", f"{100 * row[metric]:.1f}% (>= {100 * floor:.0f}%)",
-                           row[metric] >= floor))
-        checks.append((f"{target} ({row['domain']}) erase time", f"{row['seconds']:.0f} s (< {MAX_SECONDS:.0f} s)",
-                       row["seconds"] < MAX_SECONDS))
+            value = entry[metric]
+            spread = f" (seeds: {100 * value['min']:.1f}-{100 * value['max']:.1f})" if n > 1 else ""
+            checks.append((f"{name} {metric}", f"{100 * value['mean']:.1f}%{spread}, mean of {n} (>= {100 * floor:.0f}%)",
+                           value["mean"] >= floor))
+        slowest = entry["seconds"]["max"]
+        checks.append((f"{name} erase time", f"{slowest:.0f} s slowest (< {MAX_SECONDS:.0f} s)", slowest < MAX_SECONDS))
     return checks
 
 
@@ -83,17 +105,25 @@ def markdown(result: dict) -> str:
              f"{result.get('host_weights_unchanged')}.",
              f"The defaults' learning rate and retain weight were chosen on the tuning targets {tuning}; "
              f"the others are held out: {held_out}.", "",
-             "| target | variant | UA | IRA | CRA | latents / saliency / timesteps / distill (s) | erase (s) "
-             "| peak RSS growth (MB) | LoRA file | trainable params |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | variant | seed | UA | IRA | CRA | latents / saliency / timesteps / distill (s) | erase (s) "
+             "| peak RSS growth (MB) | LoRA file | trainable params |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         pct = " | ".join(f"{100 * row[m]:.1f}" for m in ("UA", "IRA", "CRA"))
         if "seconds" not in row:
-            lines.append(f"| {row['targets'][0]} | {row['method']} | {pct} | | | | | |")
+            lines.append(f"| {row['targets'][0]} | {row['method']} | | {pct} | | | | | |")
             continue
         stages = row["info"]["stage_seconds"]
         split = " / ".join(f"{stages.get(s, 0.0):.1f}" for s in ("latents", "saliency", "timesteps", "distill"))
-        lines.append(f"| {row['targets'][0]} | {row['method']} | {pct} | {split} | {row['seconds']:.1f} | "
+        lines.append(f"| {row['targets'][0]} | {row['method']} | {row.get('seed', '')} | {pct} | {split} | {row['seconds']:.1f} | "
                      f"{row['peak_rss_mb']:.0f} | {row['stored_bytes'] / 1024:.1f} KB | {row['trainable_params']:,} |")
+    lines += ["", "## SPARE at its defaults over the training seeds", "",
+              "| target | seeds | UA mean (min-max) | IRA mean (min-max) | CRA mean (min-max) | erase (s), mean |",
+              "|---|---|---|---|---|---|"]
+    for entry in seed_summary(result):
+        spread = " | ".join(f"{100 * entry[m]['mean']:.1f} ({100 * entry[m]['min']:.1f}-{100 * entry[m]['max']:.1f})"
+                            for m in THRESHOLDS)
+        lines.append(f"| {entry['target']} | {', '.join(map(str, entry['seeds']))} | {spread} | "
+                     f"{entry['seconds']['mean']:.1f} |")
     lines += ["", "## Acceptance (issue #4), SPARE at its defaults", "", "| check | value | met |", "|---|---|---|"]
     lines += [f"| {what} | {value} | {'yes' if ok else '**no**'} |" for what, value, ok in acceptance(result)]
     return "\n".join(lines) + "\n"
@@ -109,6 +139,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS), help="comma-separated concepts, each erased alone")
     parser.add_argument("--name", default="engine_check")
+    parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                        help="SPARE's training seeds, comma-separated; the variants run at the first")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -117,7 +149,13 @@ def main(argv=None) -> None:
     unknown = [t for t in targets if t not in OBJECTS + STYLES]
     if unknown or not targets:
         parser.error(f"--targets: unknown {unknown}; use the demo world's objects {OBJECTS} or styles {STYLES}")
-    run(targets, args.name, args.threads)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    except ValueError:
+        seeds = ()
+    if not seeds:
+        parser.error(f"--seeds: give one or more integers separated by commas, got {args.seeds!r}")
+    run(targets, args.name, args.threads, seeds)
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ def method_configs(profile: str) -> dict:
 
     fast = profile == "quick"
     return {
-        # spare_engine's defaults (the nodes' defaults too) on CPU; batch 4 on the GPU.
-        "SPARE": spare.SpareConfig(**({} if fast else {"batch_size": 4})),
+        # spare_engine's defaults (the nodes' defaults too).
+        "SPARE": spare.SpareConfig(),
         # CPU profile: 100 iterations at 1e-4 (paper: 1000 at 1e-5, the same largest total move per weight),
         # z_t on a 10-step DDIM grid.
         "ESD-x": replace(esd.ESDConfig.demo("x"), **({"iterations": 100, "lr": 1e-4, "ddim_steps": 10} if fast else {})),

@@ -43,7 +43,8 @@ class SpareDistill(io.ComfyNode):
                                tooltip="Weight of the keep-retained-concepts term. Higher keeps the retained concepts "
                                        "closer to the original model; the default was best on the demo model."),
                 io.Int.Input("batch_size", default=DEFAULT.batch_size, min=1, max=64,
-                             tooltip="Forget rows per step (as many retain rows ride along)."),
+                             tooltip="Forget rows per step (as many retain rows ride along). Larger batches make the "
+                                     "result depend less on the seed; lower it if memory runs out."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for adapter init, latents, noise and timesteps."),
                 io.String.Input("save_name", default="",
