@@ -46,8 +46,8 @@ class DistillConfig:
     batch_size: int = 4
     forget_weight: float = 1.0
     # Chosen on the same tuning targets, judged on the whole generation set (288 images each, 11 retain
-    # prompts): Checkerboard CRA 93.1 / 94.1 / 92.0% and triangle IRA 89.8 / 93.2 / 88.6% for 1 / 3 / 6, UA
-    # 100% throughout. A heavier retain term keeps the LoRA off the kept concepts (bench/README.md).
+    # prompts, batch 1, one run each): Checkerboard CRA 93.1 / 94.1 / 92.0% and triangle IRA 89.8 / 93.2 / 88.6%
+    # for 1 / 3 / 6, UA 100% throughout; differences within one seed's spread at batch 1 (bench/README.md).
     retain_weight: float = 3.0
     max_grad_norm: float | None = 1.0
     cfg_scale: float = 7.5  # guidance for the data-free latents
