@@ -1,7 +1,7 @@
 """The engine's own check (issue #4): SPARE at its default settings on single styles and objects, judged on the
 whole generation set, with the uniform-timestep and no-saliency variants, all in one run.
 
-    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~45 min on 2 cores
+    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~32 min on 2 cores
     python -m bench.engine_check --targets Neon,moon --seeds 0 --name engine_check_more
 
 Every erasure uses `spare.SpareConfig()` as it stands (the engine's and the nodes' defaults, not the
