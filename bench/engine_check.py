@@ -48,8 +48,7 @@ def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DE
         runs += [(label, {**switch, "seed": seeds[0]}) for label, switch in VARIANTS.items()]
         for label, switch in runs:
             for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
-                result["rows"].append({**row, "seed": switch["seed"], "retain": task.retain,
-                                       "surrogate_prompts": task.surrogates[:3]})
+                result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
         result["minutes"] = bench.minutes()
         write(result)
     result["host_weights_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
@@ -65,7 +64,7 @@ def seed_summary(result: dict) -> list[dict]:
             by_target.setdefault(row["targets"][0], []).append(row)
     summary = []
     for target, rows in by_target.items():
-        entry = {"target": target, "domain": rows[0]["domain"], "seeds": [r.get("seed") for r in rows]}
+        entry = {"target": target, "domain": rows[0]["domain"], "seeds": [r["config"]["seed"] for r in rows]}
         for metric in (*THRESHOLDS, "seconds"):
             values = [r[metric] for r in rows]
             entry[metric] = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
@@ -115,7 +114,7 @@ def markdown(result: dict) -> str:
             continue
         stages = row["info"]["stage_seconds"]
         split = " / ".join(f"{stages.get(s, 0.0):.1f}" for s in ("latents", "saliency", "timesteps", "distill"))
-        lines.append(f"| {row['targets'][0]} | {row['method']} | {row.get('seed', '')} | {pct} | {split} | {row['seconds']:.1f} | "
+        lines.append(f"| {row['targets'][0]} | {row['method']} | {row['config']['seed']} | {pct} | {split} | {row['seconds']:.1f} | "
                      f"{row['peak_rss_mb']:.0f} | {row['stored_bytes'] / 1024:.1f} KB | {row['trainable_params']:,} |")
     lines += ["", "## SPARE at its defaults over the training seeds", "",
               "| target | seeds | UA mean (min-max) | IRA mean (min-max) | CRA mean (min-max) | erase (s), mean |",

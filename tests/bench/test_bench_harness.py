@@ -152,7 +152,7 @@ def test_engine_check_judges_each_targets_mean_over_seeds_against_issue_4s_thres
 
     def spare_row(target, domain, ua, ira, cra, seconds, seed=0, method="SPARE"):
         return {"method": method, "domain": domain, "targets": [target], "UA": ua, "IRA": ira, "CRA": cra,
-                "seconds": seconds, "seed": seed, "peak_rss_mb": 120.0, "stored_bytes": 360_000,
+                "seconds": seconds, "config": {"seed": seed}, "peak_rss_mb": 120.0, "stored_bytes": 360_000,
                 "trainable_params": 83_616,
                 "info": {"stage_seconds": {"latents": 9.0, "saliency": 6.0, "timesteps": 11.0, "distill": 20.0}}}
 
