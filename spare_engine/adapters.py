@@ -65,12 +65,21 @@ class LoraAdapter(nn.Module):
         self.down = nn.Parameter(down.to(device))
         self.up = nn.Parameter(torch.zeros(up_shape, device=device))
         self.register_buffer("row_mask", None if row_mask is None else row_mask.to(device=device, dtype=torch.bool))
+        if row_mask is not None:
+            # The mask acts on up's gradient, not in the forward: up starts at zero, so its masked rows get
+            # no gradient and stay exactly zero under AdamW (and plain SGD), and the forward saves the mask's
+            # multiply, its backward and a cast per layer - a training step on a GPU is bound by kernel launches.
+            self.up.register_hook(self._mask_rows)
         self.enabled = True
 
+    def _mask_rows(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self.row_mask.view(-1, *[1] * (grad.dim() - 1))
+
     def masked_up(self) -> torch.Tensor:
+        """up with its masked rows zeroed: what is exported, whatever was written into up."""
         if self.row_mask is None:
             return self.up
-        return self.up * self.row_mask.view(-1, *[1] * (self.up.dim() - 1))
+        return self._mask_rows(self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the products run in its dtype whatever x's is (so a cast here would only
@@ -78,8 +87,10 @@ class LoraAdapter(nn.Module):
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.down.dtype)
         if self.conv_args is None:
-            return self.scale * F.linear(F.linear(x, self.down), self.masked_up())
-        return self.scale * F.conv2d(F.conv2d(x, self.down, **self.conv_args), self.masked_up())
+            delta = F.linear(F.linear(x, self.down), self.up)
+        else:
+            delta = F.conv2d(F.conv2d(x, self.down, **self.conv_args), self.up)
+        return delta if self.scale == 1.0 else self.scale * delta  # scale 1 (alpha = rank) is the default
 
 
 def build_adapters(

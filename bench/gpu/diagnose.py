@@ -38,7 +38,8 @@ def main() -> int:
 
     from comfyui_spare.spare_engine import DistillConfig, compute_saliency, compute_timestep_profile, distill
 
-    report: dict = {"gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__, "runs": {}}
+    report: dict = {"gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__,
+                    "distill_default_batch_size": DistillConfig().batch_size, "runs": {}}
 
     def save():
         (out / f"diagnose_{args.family}.json").write_text(json.dumps(report, indent=1))
@@ -125,6 +126,7 @@ def main() -> int:
         measured("distill_ckpt_off_bf16", distilled(gradient_checkpointing=False))
         measured("distill_ckpt_on_fp16native", distilled(gradient_checkpointing=True, autocast_dtype=None))
         measured("distill_ckpt_off_fp16native", distilled(gradient_checkpointing=False, autocast_dtype=None))
+        measured("distill_ckpt_on_bf16_batch1", distilled(gradient_checkpointing=True, batch_size=1))
         measured("distill_ckpt_on_bf16_batch2", distilled(gradient_checkpointing=True, batch_size=2))
         measured("distill_ckpt_wide_blocks_bf16", distilled(only_wide_blocks=True, gradient_checkpointing=True))
 

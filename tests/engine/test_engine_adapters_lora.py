@@ -24,6 +24,8 @@ def trained_looking_adapters(denoiser, rank=3, alpha=1.5):
     with torch.no_grad():
         for adapter in adapters.values():
             adapter.up.normal_(generator=g)
+            if adapter.row_mask is not None:
+                adapter.up[~adapter.row_mask] = 0  # training never moves masked rows
     return adapters
 
 
@@ -101,6 +103,25 @@ def test_row_masks_are_baked_into_up(denoiser):
         assert delta.shape == denoiser.adaptable_modules()[name].weight.shape
         if adapter.row_mask is not None:
             assert delta[~adapter.row_mask].abs().max() == 0 and delta[adapter.row_mask].abs().max() > 0
+
+
+def test_masked_rows_of_up_stay_exactly_zero_through_training(denoiser):
+    """The forward uses up as it is; the row mask acts on its gradient, so masked rows must never move."""
+    layers = denoiser.adaptable_modules()
+    mask = torch.arange(layers["diffusion_model.to_k"].weight.shape[0]) % 3 == 0
+    adapters = build_adapters(layers, {"diffusion_model.to_k": mask, "diffusion_model.conv_in": None}, 2, 2.0,
+                              torch.Generator().manual_seed(0))
+    params = [p for a in adapters.values() for p in a.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    with attached(denoiser, adapters):
+        for seed in range(3):
+            optimizer.zero_grad()
+            run(denoiser, seed).square().mean().backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+    up = adapters["diffusion_model.to_k"].up.detach()
+    assert torch.equal(up[~mask], torch.zeros_like(up[~mask])) and up[mask].abs().min() > 0
+    assert adapters["diffusion_model.conv_in"].up.detach().abs().min() > 0
 
 
 def test_comfyui_key_format(denoiser):
