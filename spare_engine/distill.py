@@ -56,7 +56,7 @@ class DistillConfig:
     seed: int = 0
     autocast_dtype: AutocastChoice = "auto"  # "auto": bf16 on CUDA when supported, off on CPU
     # Recompute the student's activations in backward instead of keeping them (the host names the
-    # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts with over 1.5e9 weights (SDXL).
+    # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts, off on the CPU (runtime.checkpoint_modules).
     gradient_checkpointing: bool | str = "auto"
 
     def __post_init__(self) -> None:

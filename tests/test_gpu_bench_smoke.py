@@ -105,6 +105,7 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     assert set(server["node_s"]) == {"ckpt", "localize", "profile", "distill"}
     assert server["execution_s"] > 0 and server["adapter_bytes"] > 0
     assert server["hash_equals_direct_before"] is True
+    assert server["node_loop_steps_per_s"]["distill"] > 0  # from the server's own progress messages
     assert server["server_device"] == "cpu"  # read from the server's own log
 
     checks = {row["check"] for row in results["acceptance"]}
