@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from .adapters import adapters_disabled, attached, build_adapters
+from .cuda_graphs import GraphChoice, ReplayedStep, use_cuda_graphs
 from .denoiser import Conditioning, Denoiser, model_fingerprint
 from .lora import ErasureLoRA
 from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed,
@@ -58,6 +59,8 @@ class DistillConfig:
     # Recompute the student's activations in backward instead of keeping them (the host names the
     # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts, off on the CPU (runtime.checkpoint_modules).
     gradient_checkpointing: bool | str = "auto"
+    # Replay the training step as a CUDA graph after a few eager steps (cuda_graphs.py). "auto": on CUDA.
+    cuda_graphs: GraphChoice = "auto"
 
     def __post_init__(self) -> None:
         for name in ("rank", "steps", "batch_size", "sampling_steps", "latents_per_prompt"):
@@ -68,6 +71,8 @@ class DistillConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.forget_weight < 0 or self.retain_weight < 0:
             raise ValueError(f"forget_weight and retain_weight must be >= 0, got {self.forget_weight}, {self.retain_weight}")
+        if self.cuda_graphs not in (True, False, "auto"):
+            raise ValueError(f"cuda_graphs must be True, False or 'auto', got {self.cuda_graphs!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -185,7 +190,25 @@ def distill(
     batch = config.batch_size
     # Steps whose teacher targets are computed together: about four full no-grad passes' worth of rows.
     block_steps = max(1, 4 * forward_batch_rows(denoiser.latent_shape) // (2 * batch))
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    graphed = use_cuda_graphs(config.cuda_graphs, device)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, capturable=graphed)
+    cond_keys = list(conds.tensors)
+
+    def train_step(x_t: torch.Tensor, t: torch.Tensor, teacher: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """Forward, backward and update of one batch; no host sync, so that it can be replayed as a graph."""
+        with record_function("spare/student"), autocast(device, precision, cache=not graphed):
+            student = denoiser.predict_eps(x_t, t, Conditioning(dict(zip(cond_keys, cond)))).float()
+        loss = config.forget_weight * F.mse_loss(student[:batch], teacher[:batch]) \
+            + config.retain_weight * F.mse_loss(student[batch:], teacher[batch:])
+        with record_function("spare/backward"):
+            loss.backward()
+        with record_function("spare/optimizer"):
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+        return loss.detach()
+
+    run_step = ReplayedStep(train_step, optimizer, graphed)
     with gradients_only_for(denoiser.module, params), attached(denoiser, adapters), \
             checkpointed(checkpoint_modules(denoiser, config.gradient_checkpointing)):
         for step in range(1, config.steps + 1):
@@ -197,22 +220,11 @@ def distill(
                     block = _draw_steps(denoiser, conds, forget, keep, timesteps, batch, generator, precision,
                                         min(block_steps, config.steps - step + 1))
             x_t, t, student_rows, teacher = block[(step - 1) % block_steps]
-            with record_function("spare/student"), autocast(device, precision):
-                student = denoiser.predict_eps(x_t, t, conds.select(student_rows)).float()
-            forget_loss = F.mse_loss(student[:batch], teacher[:batch])
-            retain_loss = F.mse_loss(student[batch:], teacher[batch:])
-            loss = config.forget_weight * forget_loss + config.retain_weight * retain_loss
-
-            value = loss.item()
+            cond = conds.select(student_rows)
+            value = run_step(x_t, t, teacher, *(cond.tensors[k] for k in cond_keys)).item()
+            # A non-finite loss has already stepped the optimizer; the run is abandoned, so no LoRA carries it.
             if not math.isfinite(value):
                 raise NonFiniteLossError(step, config.steps, value)
-            optimizer.zero_grad(set_to_none=True)
-            with record_function("spare/backward"):
-                loss.backward()
-            with record_function("spare/optimizer"):
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
             if callback is not None:
                 callback(step, config.steps, value)
 
@@ -221,7 +233,8 @@ def distill(
         "targets": list(targets),
         "surrogates": list(surrogates),
         "retain": list(retain),
-        "config": {**asdict(config), "alpha": alpha, "autocast_dtype": str(precision)},
+        "config": {**asdict(config), "alpha": alpha, "autocast_dtype": str(precision),
+                   "cuda_graphs": run_step.graphed},  # what ran (False also where a capture failed)
         "saliency_budget": {"top_modules": saliency.top_modules, "row_fraction": saliency.row_fraction},
         "timestep_scheme": {"scheme": timesteps.scheme, "uniform_mix": timesteps.uniform_mix},
         "base_model_fingerprint": model_fingerprint(denoiser.module),

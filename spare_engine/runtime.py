@@ -21,10 +21,11 @@ def resolve_autocast_dtype(choice: AutocastChoice, device: torch.device | str) -
     return None
 
 
-def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device | str, dtype: torch.dtype | None, cache: bool = True) -> contextlib.AbstractContextManager:
+    """`cache`: keep autocast's casts of weights within the block (off for a step recorded as a CUDA graph)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
+    return torch.autocast(torch.device(device).type, dtype=dtype, cache_enabled=cache)
 
 
 @contextlib.contextmanager

@@ -70,6 +70,7 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     assert spare["stages"]["saliency"]["steps"] == 2 * localize["samples"]  # samples x 2 noise draws each
     assert spare["stages"]["timestep_profile"]["steps"] == 20  # the profile's 20-level grid, one pair
     assert spare["stages"]["distill"]["steps"] == 20
+    assert spare["stages"]["distill"]["cuda_graphs_used"] is False  # the CPU never graphs
     assert spare["adapter"]["bytes"] > 0 and spare["adapter"]["layers"] > 0
     assert spare["erase_s"] >= sum(s["wall_s"] for s in spare["stages"].values())
     for key in ("peak_allocated_gib", "peak_reserved_gib"):
@@ -144,4 +145,5 @@ def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
     assert "error" not in report["eager"], report["eager"].get("traceback")
     assert report["eager"]["ms_per_step"] > 0 and len(report["eager"]["last_losses"]) == 3
     assert all(loss > 0 for loss in report["eager"]["first_losses"])
+    assert report["eager"]["cuda_graphs_used"] is False
     assert "graphed" not in report and "speedup" not in report

@@ -269,6 +269,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
                               callback=s.callback)
     stages["distill"]["final_loss"] = s.losses[-1] if s.losses else None
     stages["distill"]["config"] = {k: v for k, v in dataclasses.asdict(config).items() if k != "autocast_dtype"}
+    stages["distill"]["cuda_graphs_used"] = erasure.metadata["config"]["cuda_graphs"]  # False too if capture failed
 
     started = time.perf_counter()
     path = adapter_dir / "spare_erasure.safetensors"
@@ -861,6 +862,10 @@ def markdown(results: dict) -> str:
                          f"{_f(r.get('before_first_step_s'))} | {_f(r.get('peak_allocated_gib'))} | "
                          f"{_f(r.get('peak_reserved_gib'))} |")
         lines.append("")
+        d = spare.get("stages", {}).get("distill", {})
+        if "cuda_graphs_used" in d:
+            lines += [f"Distill's training step {'replayed as a CUDA graph' if d['cuda_graphs_used'] else 'ran eagerly (no CUDA graph)'}"
+                      f"; gradient checkpointing `{d.get('config', {}).get('gradient_checkpointing')}`.", ""]
         v = spare.get("distill_checkpointed")
         if v and "wall_s" in v:
             lines += [f"Proposed change, measured here: distill with gradient checkpointing (ResBlocks + transformer "

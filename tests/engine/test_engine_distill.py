@@ -25,10 +25,15 @@ def test_prompt_validation(denoiser, saliency, profile, targets, surrogates, ret
 
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("rank", 0), ("batch_size", 0), ("lr", 0.0),
-                                          ("latents_per_prompt", 0), ("sampling_steps", 0)])
+                                          ("latents_per_prompt", 0), ("sampling_steps", 0), ("cuda_graphs", "yes")])
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         DistillConfig(**{field: value})
+
+
+def test_cuda_graphs_on_a_cpu_model_are_refused_by_name(denoiser, saliency, profile):
+    with pytest.raises(ValueError, match=r"cuda_graphs=True needs a CUDA device; this model runs on cpu"):
+        distill(denoiser, TARGETS, SURROGATES, RETAIN, saliency, profile, small_config(cuda_graphs=True))
 
 
 def test_rank_above_a_selected_layer_is_refused(denoiser, saliency, profile):
@@ -141,6 +146,7 @@ def test_metadata_records_the_run(denoiser, saliency, profile):
     meta = lora.metadata
     assert (meta["targets"], meta["surrogates"], meta["retain"]) == (TARGETS, SURROGATES, RETAIN)
     assert meta["config"]["steps"] == 2 and meta["config"]["alpha"] == 4 and meta["config"]["autocast_dtype"] == "None"
+    assert meta["config"]["cuda_graphs"] is False  # "auto" on the CPU: what ran is recorded
     assert meta["timestep_scheme"] == {"scheme": "concept", "uniform_mix": 0.2}
     assert meta["base_model_fingerprint"] == saliency.model_fingerprint and meta["engine_version"] == "0.1.0"
     assert (lora.rank, lora.alpha) == (4, 4.0)
