@@ -32,10 +32,13 @@ THRESHOLDS = {"UA": 0.90, "IRA": 0.85, "CRA": 0.90}
 MAX_SECONDS = 300.0
 
 
-def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DEFAULT_SEEDS) -> dict:
+def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DEFAULT_SEEDS,
+        retain_partners: int | None = None) -> dict:
     from bench.baselines import spare
 
     profile = replace(PROFILES["full"], name=name)
+    if retain_partners is not None:
+        profile = replace(profile, retain_partners=retain_partners)
     bench = Bench(profile, threads)
     result = {"name": name, "targets": targets, "profile": asdict(profile), "config": asdict(spare.SpareConfig()),
               "machine": f"{platform.processor() or platform.machine()}, {threads} torch threads",
@@ -96,7 +99,8 @@ def markdown(result: dict) -> str:
     lines = [f"# SPARE's engine check on the demo world: `{result['name']}` (issue #4)", "",
              f"Targets {result['targets']}; `SpareConfig()` defaults: `{json.dumps(result['config'])}`.",
              f"Prompts: the target with {profile['target_prompts']} partners over the four phrasings; "
-             f"{profile['retain_prompts']} retain prompts (one per kept concept); surrogate = the next concept of the "
+             f"{profile['retain_prompts']} kept concepts as retain prompts, {profile.get('retain_partners', 1)} per "
+             "concept (each with another partner); surrogate = the next concept of the "
              "domain. Judged on the whole generation set: every object x style pair, seeds "
              f"{', '.join(map(str, profile['eval_seeds']))} ({len(OBJECTS) * len(STYLES) * len(profile['eval_seeds'])} images), "
              "euler 20 steps, cfg 6. "
@@ -142,6 +146,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)),
                         help="SPARE's training seeds, comma-separated; the variants run at the first")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retain-partners", type=int, default=None,
+                        help="retain prompts per kept concept (default: the full profile's)")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     from demo_world.dataset import OBJECTS, STYLES
@@ -155,7 +161,9 @@ def main(argv=None) -> None:
         seeds = ()
     if not seeds:
         parser.error(f"--seeds: give one or more integers separated by commas, got {args.seeds!r}")
-    run(targets, args.name, args.threads, seeds)
+    if args.retain_partners is not None and args.retain_partners < 1:
+        parser.error(f"--retain-partners: give an integer >= 1, got {args.retain_partners}")
+    run(targets, args.name, args.threads, seeds, args.retain_partners)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ STRENGTHS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
 class Profile:
     name: str
     target_prompts: int  # prompts per target (the target with that many other-domain partners)
-    retain_prompts: int  # in-domain retain prompts (one per kept concept, at most this many)
+    retain_prompts: int  # in-domain kept concepts given as retain prompts (at most this many)
     eval_per_concept: int | None  # images per non-target concept in the eval set; None: the full grid
     eval_seeds: tuple = (0,)
     ablation_targets: int = 4  # the first n reported targets get the ablations
@@ -51,6 +51,7 @@ class Profile:
     multi_sizes: tuple = (1, 3, 6)
     multi_methods: tuple = ("SPARE", "UCE")
     budget_minutes: float = 60.0
+    retain_partners: int = 1  # retain prompts per kept concept, each with another partner of the other domain
 
 
 PROFILES = {
@@ -163,7 +164,11 @@ def build_task(concepts: list[str], profile: Profile, seed: int = 0) -> Task:
         step = len(kept) / profile.retain_prompts
         kept = [kept[int(i * step)] for i in range(profile.retain_prompts)]
     task.retain_concepts = kept
-    task.retain = [make_prompt(domain, c, rng.choice(other), rng.randrange(len(PROMPT_TEMPLATES))) for c in kept]
+    for concept in kept:
+        partners: list[str] = []
+        for _ in range(profile.retain_partners):
+            partners.append(rng.choice([p for p in other if p not in partners]))
+            task.retain.append(make_prompt(domain, concept, partners[-1], rng.randrange(len(PROMPT_TEMPLATES))))
     return task
 
 

@@ -17,6 +17,12 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
     for t, s in zip(task.targets, task.surrogates):
         assert "heart" in t and t.replace("heart", "cross") == s
     assert len(task.retain) == QUICK.retain_prompts and not any("heart" in r for r in task.retain)
+    several = run.build_task(["heart"], replace(QUICK, retain_partners=3))
+    assert len(several.retain) == 3 * QUICK.retain_prompts and len(set(several.retain)) == len(several.retain)
+    for i, concept in enumerate(several.retain_concepts):  # three prompts per kept concept, three different styles
+        prompts = several.retain[3 * i:3 * i + 3]
+        assert all(concept in p for p in prompts)
+        assert len({style for p in prompts for style in STYLES if style in p}) == 3
     multi = run.build_task(["Watercolor", "Neon"], QUICK)
     assert multi.surrogate_concepts == ["Pixel Mosaic", "Pixel Mosaic"]  # never another target
     targets, surrogates, retain = multi.inputs("UCE")
