@@ -1,12 +1,12 @@
 """The engine's own check (issue #4): SPARE at its default settings on single styles and objects, judged on the
 whole generation set, with the uniform-timestep and no-saliency variants, all in one run.
 
-    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~32 min on 2 cores
+    python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~35 min on 2 cores
     python -m bench.engine_check --targets Neon,moon --seeds 0 --name engine_check_more
 
 Every erasure uses `spare.SpareConfig()` as it stands (the engine's and the nodes' defaults, not the
 benchmark's tuned settings), the `full` profile's prompts (the target with 12 partners across the four
-phrasings; one retain prompt per kept concept of the domain, 11) and its evaluation: every object x style
+phrasings; three retain prompts, each with another partner, per kept concept of the domain: 33) and its evaluation: every object x style
 pair, seeds 0 and 1, 288 images. SPARE runs once per training seed (`--seeds`, default 0, 1, 2): one run's
 CRA moves by several points with the seed alone, so the acceptance is judged on the mean over seeds. The
 variants run at the first seed. Per erasure: UA / IRA / CRA, wall time per stage, peak RSS growth, the
