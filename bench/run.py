@@ -106,7 +106,6 @@ ABLATIONS = {
     "SPARE (uniform timesteps)": {"timesteps": "uniform"},
     "SPARE (no retain term)": {"retain_weight": 0.0},
     "SPARE (row sparsity 0.25)": {"row_fraction": 0.25},
-    "SPARE (target latents only)": {"surrogate_latents": False},
 }
 
 # ------------------------------------------------------------------------------------- prompts

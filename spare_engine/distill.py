@@ -2,15 +2,13 @@
 
 The student is the host network with adapters on the salient layers; the teacher is the
 same network with the adapters switched off (it never sees their updates, so its targets
-are computed ahead in large batches). On noisy latents x_t,
+are computed ahead in large batches). On the target's own noisy latents,
 
     loss = w_f * MSE(eps_{theta+delta}(x_t, t, c_target), sg[eps_theta(x_t, t, c_surrogate)])
          + w_r * MSE(eps_{theta+delta}(x_t, t, c_retain), sg[eps_theta(x_t, t, c_retain)])
 
 so prompting the target now draws the surrogate, while retain prompts (the user's, plus
-the empty prompt that classifier-free guidance relies on) keep their behaviour. The forget
-term's x_t come from the target's own latents (the paper's) and, by default, also from the
-surrogate's: those are where the erased model's own sampling goes once it draws the surrogate.
+the empty prompt that classifier-free guidance relies on) keep their behaviour.
 """
 from __future__ import annotations
 
@@ -57,12 +55,6 @@ class DistillConfig:
     sampling_steps: int = 20  # DDIM steps for the data-free latents
     latents_per_prompt: int = 4
     seed: int = 0
-    # Forget rows also on the surrogate's latents, not only on the target's (the paper's). Sampling the erased
-    # model drifts from target-like to surrogate-like x_t, and at the low noise levels the student had never
-    # been taught there: Blueprint's erased images (a held-out target, looked at, not tuned on) kept its
-    # background and lost their shapes. On the tuning styles, one seed each, CRA went Neon 92.0 -> 93.4, Zigzag 91.0 -> 91.3, Checkerboard 93.8 -> 95.1; triangle's
-    # IRA stayed 92.8 (bench/README.md).
-    surrogate_latents: bool = True
     autocast_dtype: AutocastChoice = "auto"  # "auto": bf16 on CUDA when supported, off on CPU
     # Recompute the student's activations in backward instead of keeping them (the host names the
     # modules: Denoiser.checkpoint_modules()). "auto": on for CUDA hosts, off on the CPU (runtime.checkpoint_modules).
@@ -161,7 +153,7 @@ def distill(
 ) -> ErasureLoRA:
     """Train the erasure LoRA; targets[i] is overwritten with surrogates[i].
 
-    `latents` optionally gives x_0 [N, C, H, W] per target / surrogate / retain prompt; the others are
+    `latents` optionally gives x_0 [N, C, H, W] per target / retain prompt; the others are
     generated once by the frozen model. `callback(step, total, loss)` runs after every step;
     an exception it raises (a cancel) propagates after the hooks are removed. The host
     network is left bit-identical in every case.
@@ -183,8 +175,7 @@ def distill(
     # Every prompt is encoded once for the whole run.
     prompts = list(dict.fromkeys([*targets, *surrogates, *retain_prompts]))
     row = {prompt: i for i, prompt in enumerate(prompts)}
-    forget_sources = [*targets, *surrogates] if config.surrogate_latents else list(targets)
-    latent_prompts = list(dict.fromkeys([*forget_sources, *retain_prompts]))  # the prompts whose x_0 are trained on
+    latent_prompts = list(dict.fromkeys([*targets, *retain_prompts]))  # the prompts whose x_0 are trained on
     with torch.no_grad(), record_function("spare/latents"):
         conds = denoiser.encode_prompts(prompts).to(device)
         with autocast(device, precision):
@@ -193,10 +184,7 @@ def distill(
                                 n_per_prompt=config.latents_per_prompt, steps=config.sampling_steps,
                                 cfg_scale=config.cfg_scale, generator=generator, given=latents)
     release_cached_memory(device)
-    forget_rows = [(t, row[t], row[s]) for t, s in zip(targets, surrogates)]
-    if config.surrogate_latents:
-        forget_rows += [(s, row[t], row[s]) for t, s in zip(targets, surrogates)]
-    forget = LatentPool.build(x0, forget_rows)
+    forget = LatentPool.build(x0, [(t, row[t], row[s]) for t, s in zip(targets, surrogates)])
     keep = LatentPool.build(x0, [(p, row[p], row[p]) for p in retain_prompts])
 
     batch = config.batch_size

@@ -1,13 +1,12 @@
 """SPARE itself (spare_engine), behind the same `erase(...)` interface as the baselines, with its ablations.
 
 saliency -> timestep profile -> self-distillation, all three on one set of latents that the
-frozen model draws for the target, surrogate and retain prompts (each stage would otherwise draw its own).
+frozen model draws for the target and retain prompts (each stage would otherwise draw its own).
 Ablations are switches of this config:
   * no saliency      top_modules = 1.0   (a LoRA on every candidate layer)
   * uniform steps    timesteps = "uniform"
   * no retain term   retain_weight = 0
   * row sparsity     row_fraction = q    (finer than the default per-module selection)
-  * target latents   surrogate_latents = False (the forget term only on the target's latents, as the paper)
 """
 from __future__ import annotations
 
@@ -41,7 +40,6 @@ class SpareConfig:
     latents_per_prompt: int = DistillConfig.latents_per_prompt
     sampling_steps: int = DistillConfig.sampling_steps
     cfg_scale: float = DistillConfig.cfg_scale
-    surrogate_latents: bool = DistillConfig.surrogate_latents
     seed: int = DistillConfig.seed
 
     def distill_config(self) -> DistillConfig:
@@ -62,9 +60,8 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
         clock = now
 
     generator = torch.Generator().manual_seed(config.seed)
-    drawn = list(dict.fromkeys([*targets, *(surrogates if config.surrogate_latents else []), *retain, ""]))
-    prompts = PromptRows.encode(denoiser, drawn)
-    latents = frozen_latents(denoiser, prompts, drawn, n_per_prompt=config.latents_per_prompt,
+    prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
+    latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
                              steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
     stage_done("latents")
     saliency = compute_saliency(denoiser, targets, latents={t: latents[t] for t in targets},

@@ -64,19 +64,6 @@ def test_same_seed_gives_a_bit_identical_adapter(saliency, profile):
     assert not all(torch.equal(a[k], v) for k, v in other.state_dict().items())
 
 
-@pytest.mark.parametrize("surrogate_latents", [True, False])
-def test_forget_term_trains_on_the_surrogates_latents_only_when_asked(saliency, profile, surrogate_latents):
-    """Given latents for every prompt: the surrogate's change the adapter exactly when they are forget rows."""
-    shape = TinyDenoiser(seed=0).latent_shape
-    latents = {p: torch.randn(2, *shape, generator=torch.Generator().manual_seed(i))
-               for i, p in enumerate([*TARGETS, *SURROGATES, *RETAIN, ""])}
-    moved = {**latents, SURROGATES[0]: latents[SURROGATES[0]] + 1.0}
-    a, b = (distill(TinyDenoiser(seed=0), TARGETS, SURROGATES, RETAIN, saliency, profile,
-                    small_config(surrogate_latents=surrogate_latents), latents=given).state_dict()
-            for given in (latents, moved))
-    assert all(torch.equal(a[k], b[k]) for k in a) is not surrogate_latents
-
-
 class Cancelled(BaseException):
     """Like ComfyUI's interrupt: not an Exception, raised from the progress callback."""
 
