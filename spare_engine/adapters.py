@@ -48,12 +48,11 @@ class LoraAdapter(nn.Module):
             self.conv_args = None
         else:
             raise ValueError(f"{name}: only Linear and Conv2d layers can be adapted, got {type(layer).__name__}")
-        max_rank = min(out_features, fan_in)
-        if not isinstance(rank, int) or not 1 <= rank <= max_rank:
-            raise ValueError(
-                f"rank must be an integer from 1 to {max_rank} for {name} "
-                f"({fan_in} inputs -> {out_features} outputs), got {rank!r}"
-            )
+        # A rank above min(out_features, fan_in) is allowed, as in ComfyUI's own LoRA trainer: such an
+        # adapter is full-rank on that layer, and one rank for every layer keeps the export a plain LoRA.
+        # (SD's output convolution has 4 outputs: a cap there would forbid any rank above 4.)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {rank!r}")
         if row_mask is not None and row_mask.shape != (out_features,):
             raise ValueError(f"{name}: row_mask must have shape [{out_features}], got {list(row_mask.shape)}")
         device = layer.weight.device

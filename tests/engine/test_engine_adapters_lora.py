@@ -58,14 +58,25 @@ def test_hooks_are_removed_on_exceptions(denoiser):
     assert weights_hash(denoiser.module) == before
 
 
-def test_rank_must_fit_the_layer(denoiser):
-    layers = denoiser.adaptable_modules()
-    with pytest.raises(ValueError, match=r"rank must be an integer from 1 to 16 for diffusion_model.to_k"):
-        LoraAdapter(layers["diffusion_model.to_k"], 17, 17.0, name="diffusion_model.to_k")
-    with pytest.raises(ValueError, match=r"rank must be an integer from 1 to 4 for diffusion_model.conv_out"):
-        LoraAdapter(layers["diffusion_model.conv_out"], 5, 5.0, name="diffusion_model.conv_out")
-    with pytest.raises(ValueError, match="rank"):
-        LoraAdapter(layers["diffusion_model.to_k"], 0, 1.0, name="diffusion_model.to_k")
+def test_a_rank_above_a_layers_size_is_allowed_and_exports_exactly(denoiser):
+    """As in ComfyUI's own LoRA trainer: 17 exceeds to_k's 16 and conv_out's 4 outputs; those adapters are full-rank."""
+    adapters = trained_looking_adapters(denoiser, rank=17, alpha=17.0)
+    lora = ErasureLoRA.from_adapters(adapters, {})
+    assert lora.state_dict()["diffusion_model.conv_out.lora_up.weight"].shape == (4, 17, 1, 1)
+    with attached(denoiser, adapters):
+        student = run(denoiser)
+    merged = TinyDenoiser(seed=0)
+    merge_lora(merged.module, lora.state_dict(), strength=1.0)
+    assert torch.allclose(run(merged), student, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [0, -2, 1.5, True])
+def test_a_rank_that_is_not_a_positive_integer_is_refused(denoiser, rank):
+    with pytest.raises(ValueError, match=r"rank must be an integer >= 1, got"):
+        LoraAdapter(denoiser.adaptable_modules()["diffusion_model.to_k"], rank, 1.0, name="diffusion_model.to_k")
+
+
+def test_only_linear_and_conv_layers_are_adapted():
     with pytest.raises(ValueError, match="only Linear and Conv2d"):
         LoraAdapter(torch.nn.LayerNorm(4), 1, 1.0)
 
