@@ -3,6 +3,7 @@ whole generation set, with the uniform-timestep and no-saliency variants, all in
 
     python -m bench.engine_check                     # the benchmark's reported and tuning targets, ~35 min on 2 cores
     python -m bench.engine_check --targets Neon,moon --seeds 0 --name engine_check_more
+    python -m bench.engine_check --targets Sunset,Camouflage --no-variants --name engine_check_styles
 
 Every erasure uses `spare.SpareConfig()` as it stands (the engine's and the nodes' defaults, not the
 benchmark's tuned settings), the `full` profile's prompts (the target with 12 partners across the four
@@ -33,7 +34,7 @@ MAX_SECONDS = 300.0
 
 
 def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DEFAULT_SEEDS,
-        retain_partners: int | None = None) -> dict:
+        retain_partners: int | None = None, variants: bool = True) -> dict:
     from bench.baselines import spare
 
     profile = replace(PROFILES["full"], name=name)
@@ -48,7 +49,7 @@ def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DE
         items = eval_items(task.domain, task.concepts, profile)
         result["rows"] += bench.reference_rows(task, items)
         runs = [("SPARE", {"seed": seed}) for seed in seeds]
-        runs += [(label, {**switch, "seed": seeds[0]}) for label, switch in VARIANTS.items()]
+        runs += [(label, {**switch, "seed": seeds[0]}) for label, switch in VARIANTS.items() if variants]
         for label, switch in runs:
             for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
                 result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
@@ -148,6 +149,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--retain-partners", type=int, default=None,
                         help="retain prompts per kept concept (default: the full profile's)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="SPARE at its defaults only, without the uniform-timestep and no-saliency variants")
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     from demo_world.dataset import OBJECTS, STYLES
@@ -163,7 +166,7 @@ def main(argv=None) -> None:
         parser.error(f"--seeds: give one or more integers separated by commas, got {args.seeds!r}")
     if args.retain_partners is not None and args.retain_partners < 1:
         parser.error(f"--retain-partners: give an integer >= 1, got {args.retain_partners}")
-    run(targets, args.name, args.threads, seeds, args.retain_partners)
+    run(targets, args.name, args.threads, seeds, args.retain_partners, variants=not args.no_variants)
 
 
 if __name__ == "__main__":
