@@ -8,6 +8,7 @@ generate one image, and the size of the shipped weights.
 import time
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .. import config
@@ -21,6 +22,9 @@ from .report import DOCS
 
 SEEDS = (0, 1)  # the acceptance set: UnlearnCanvas's phrasing, every pair, two seeds
 OTHER_PHRASING_SEEDS = (0,)  # the other phrasings are checked on one seed to save CPU time
+# With two seeds a concept has 24 images, so one image moves it 4.2 points: the per-concept table also
+# gives the first phrasing over six more seeds, a steadier estimate beside the acceptance figure.
+STEADY_SEEDS = tuple(range(8))
 GRID_CELL = 96
 
 
@@ -62,10 +66,14 @@ def summary_markdown(result):
              "| phrasing | images | object acc. | style acc. |", "|---|---|---|---|"]
     for t, acc in enumerate(result["per_template"]):
         lines.append(f"| `{PROMPT_TEMPLATES[t]}` | {acc['images']} | {acc['object']:.1%} | {acc['style']:.1%} |")
-    lines += ["", f"Per concept, first phrasing (`{PROMPT_TEMPLATES[0]}`, {result['per_template'][0]['images']} images):",
-              "", "| object | acc. | | style | acc. |", "|---|---|---|---|---|"]
+    steady = f"seeds 0-{STEADY_SEEDS[-1]}"
+    lines += ["", f"Per concept, first phrasing (`{PROMPT_TEMPLATES[0]}`): seeds {list(SEEDS)} "
+                  f"({result['per_template'][0]['images']} images), and {steady} ({result['steady_images']} images):",
+              "", f"| object | seeds {list(SEEDS)} | {steady} | | style | seeds {list(SEEDS)} | {steady} |",
+              "|---|---|---|---|---|---|---|"]
     for o, s in zip(OBJECTS, STYLES):
-        lines.append(f"| {o} | {result['per_object'][o]:.1%} | | {s} | {result['per_style'][s]:.1%} |")
+        lines.append(f"| {o} | {result['per_object'][o]:.1%} | {result['steady_per_object'][o]:.1%} | "
+                     f"| {s} | {result['per_style'][s]:.1%} | {result['steady_per_style'][s]:.1%} |")
     lines += ["", f"Generating one 128x128 image (prompt encode + 20 steps + decode, batch 1): "
                   f"{result['one_image_seconds']:.2f} s.",
               f"Shipped weights: {result['weights_mb']:.1f} MB ({', '.join(result['weight_files'])}).", "",
@@ -97,6 +105,13 @@ def run(log):
             result["per_style"] = per_concept_accuracy(recs, "style")
             result["object_acc"] = _accuracy(recs, "object")
             result["style_acc"] = _accuracy(recs, "style")
+    more = generation_set([s for s in STEADY_SEEDS if s not in SEEDS])
+    steady = records(generated[0][0] + more, classify(torch.cat([generated[0][1], generate(
+        model, clip, vae, [i.prompt for i in more], [i.seed for i in more])])))
+    result["steady_images"] = len(steady)
+    result["steady_per_object"] = per_concept_accuracy(steady, "object")
+    result["steady_per_style"] = per_concept_accuracy(steady, "style")
+    log(f"seeds {STEADY_SEEDS}: object acc {_accuracy(steady, 'object'):.3f}")
     dataset_grid(DOCS / "dataset_grid.png")
     result["one_image_seconds"] = one_image_seconds(model, clip, vae)
     files = sorted(config.WEIGHTS_DIR.glob("*.safetensors"))
