@@ -32,7 +32,9 @@ class SpareDistill(io.ComfyNode):
                                 tooltip="What each target becomes, one per line (or one line for all)."),
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept)."),
-                io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256, tooltip="LoRA rank of every adapter."),
+                io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
+                             tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
+                                     "with fewer outputs or inputs than the rank gets a full-rank adapter."),
                 io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000, tooltip="Optimisation steps."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
