@@ -35,7 +35,10 @@ class SpareDistill(io.ComfyNode):
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
                              tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
-                io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000, tooltip="Optimisation steps."),
+                io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000,
+                             tooltip="Optimisation steps; the time grows with them. If erased images still show "
+                                     "traces of the target, more steps complete the substitution (on the demo "
+                                     "model, 300 instead of 200 took Camouflage from 75% to 97% erased)."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
                                        "if retained concepts drift on a large model, lower it."),
