@@ -1,7 +1,8 @@
 """SPARE's timestep sampling: train where the concept lives.
 
-A concept is not carried equally by every noise level: near t = 0 the prompt barely changes
-the prediction. On a grid of K levels we measure how far the frozen model's eps prediction
+A concept is not carried equally by every noise level, and which levels carry it is measured,
+not assumed (on the demo model a style differs most at low noise, where its texture is drawn, and
+least at t = T - 1). On a grid of K levels we measure how far the frozen model's eps prediction
 for the target is from its prediction for the surrogate, on the target's own noisy latents.
 That divergence, interpolated to all T levels and mixed with a uniform floor, is the
 distribution the forget loss draws its timesteps from.
