@@ -37,8 +37,7 @@ class SpareDistill(io.ComfyNode):
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
                 io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000,
                              tooltip="Optimisation steps; the time grows with them. If erased images still show "
-                                     "traces of the target, more steps complete the substitution (on the demo "
-                                     "model, 300 instead of 200 took Camouflage from 75% to 97% erased)."),
+                                     "traces of the target, more steps complete the substitution."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
                                        "if retained concepts drift on a large model, lower it."),
@@ -48,7 +47,8 @@ class SpareDistill(io.ComfyNode):
                                tooltip="Weight of the keep-retained-concepts term. Higher keeps the retained concepts "
                                        "closer to the original model; the default was best on the demo model."),
                 io.Int.Input("batch_size", default=DEFAULT.batch_size, min=1, max=64,
-                             tooltip="Forget rows per step (as many retain rows ride along). Larger batches make the "
+                             tooltip="Forget rows per step (as many retain rows ride along, about half of them "
+                                     "holding the empty prompt). Larger batches make the "
                                      "result depend less on the seed; lower it if memory runs out."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for adapter init, latents, noise and timesteps."),

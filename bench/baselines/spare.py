@@ -37,6 +37,7 @@ class SpareConfig:
     batch_size: int = DistillConfig.batch_size
     forget_weight: float = DistillConfig.forget_weight
     retain_weight: float = DistillConfig.retain_weight
+    unconditional_share: float = DistillConfig.unconditional_share
     latents_per_prompt: int = DistillConfig.latents_per_prompt
     sampling_steps: int = DistillConfig.sampling_steps
     cfg_scale: float = DistillConfig.cfg_scale
