@@ -138,13 +138,13 @@ def _draw_steps(
         t_forget = timesteps.sample(batch, generator)
         t_retain = torch.randint(len(denoiser.alphas_cumprod), (batch,), generator=generator)
         retain_x0 = torch.where(empty.view(-1, *[1] * (keep.x0.dim() - 1)), unconditional.x0[u], keep.x0[r])
+        # A retain row's student and teacher see the same prompt, in either pool.
+        retain_rows = torch.where(empty, unconditional.student_rows[u], keep.student_rows[r])
         x0.append(torch.cat([forget.x0[f], retain_x0]))
         t.append(torch.cat([t_forget, t_retain]))
         noise.append(torch.randn(x0[-1].shape, generator=generator))
-        student_rows.append(torch.cat([forget.student_rows[f],
-                                       torch.where(empty, unconditional.student_rows[u], keep.student_rows[r])]))
-        teacher_rows.append(torch.cat([forget.teacher_rows[f],
-                                       torch.where(empty, unconditional.teacher_rows[u], keep.teacher_rows[r])]))
+        student_rows.append(torch.cat([forget.student_rows[f], retain_rows]))
+        teacher_rows.append(torch.cat([forget.teacher_rows[f], retain_rows]))
     t_all = torch.cat(t).to(device)
     x_t = add_noise(denoiser.alphas_cumprod, torch.cat(x0), t_all, torch.cat(noise).to(device))
     teacher_index, chunk = torch.cat(teacher_rows), forward_batch_rows(denoiser.latent_shape)
