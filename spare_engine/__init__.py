@@ -3,6 +3,7 @@
 Erase a concept from a text-to-image diffusion model with a sparse LoRA:
 
     saliency = compute_saliency(denoiser, targets)                          # stage 1: where the concept lives
+    ranking = rank_surrogates(denoiser, targets, candidates)                # optional: the closest surrogate
     profile = compute_timestep_profile(denoiser, targets, surrogates)       # when (noise levels) it lives
     lora = distill(denoiser, targets, surrogates, retain, saliency, profile)  # stage 2: overwrite it
     lora.save("erase.safetensors")                                           # ComfyUI's LoRA format
@@ -15,6 +16,7 @@ from .distill import DistillConfig, NonFiniteLossError, distill
 from .lora import ErasureLoRA
 from .saliency import SaliencyMap, compute_saliency
 from .sampling import add_noise, prompt_latents, sample_ddim
+from .surrogates import rank_surrogates
 from .timesteps import TimestepProfile, compute_timestep_profile
 from .version import __version__
 
@@ -37,6 +39,7 @@ __all__ = [
     "distill",
     "model_fingerprint",
     "prompt_latents",
+    "rank_surrogates",
     "sample_ddim",
     "weights_hash",
 ]

@@ -56,3 +56,20 @@ def test_validation(denoiser):
         compute_timestep_profile(denoiser, ["a cat"], ["a dog"], uniform_mix=1.5)
     with pytest.raises(ValueError, match="surrogates"):
         compute_timestep_profile(denoiser, ["a cat"], [])
+
+
+def test_surrogates_ranked_closest_first_on_shared_latents(denoiser):
+    from spare_engine import rank_surrogates
+
+    candidates = {"dog": ["a dog"], "car": ["a red car"], "same words": ["a  cat"], "tree": ["a tall tree"]}
+    ranking = rank_surrogates(denoiser, ["a cat"], candidates, grid_size=4, n_latents=2, sampling_steps=3)
+    names, values = [n for n, _ in ranking], [v for _, v in ranking]
+    assert sorted(names) == sorted(candidates) and values == sorted(values)
+    assert ranking[0] == ("same words", 0.0) and values[1] > 0  # the target's own words are no edit at all
+    # Every candidate is measured on the same latents and noise: its figure does not depend on the others.
+    alone = dict(rank_surrogates(denoiser, ["a cat"], {"car": ["a red car"]}, grid_size=4, n_latents=2, sampling_steps=3))
+    assert alone["car"] == dict(ranking)["car"]
+    with pytest.raises(ValueError, match="'dog' has 2 prompts for 1 targets"):
+        rank_surrogates(denoiser, ["a cat"], {"dog": ["a dog", "a puppy"]})
+    with pytest.raises(ValueError, match="candidates is empty"):
+        rank_surrogates(denoiser, ["a cat"], {})
