@@ -22,7 +22,7 @@ import platform
 import time
 from dataclasses import asdict, replace
 
-from bench.run import ABLATIONS, PROFILES, RESULTS, TUNING, Bench, build_task, eval_items
+from bench.run import ABLATIONS, PROFILES, RESULTS, TUNING, Bench, eval_items
 
 # The benchmark's reported targets (held out from every tuning), then its tuning targets.
 DEFAULT_TARGETS = ["Blueprint", "Watercolor", "heart", "arrow", "Checkerboard", "triangle"]
@@ -46,7 +46,8 @@ def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DE
               "machine": f"{platform.processor() or platform.machine()}, {threads} torch threads",
               "created": time.strftime("%Y-%m-%d %H:%M"), "seeds": list(seeds), "rows": []}
     for target in targets:
-        task = build_task([target], profile)
+        task = bench.task([target])
+        result.setdefault("surrogates", {})[target] = task.surrogate_concepts[0]
         items = eval_items(task.domain, task.concepts, profile)
         result["rows"] += bench.reference_rows(task, items)
         runs = [("SPARE", {"seed": seed}) for seed in seeds]
@@ -54,6 +55,7 @@ def run(targets: list[str], name: str, threads: int, seeds: tuple[int, ...] = DE
         for label, switch in runs:
             for row in bench.row("SPARE", replace(spare.SpareConfig(), **switch), task, label=label):
                 result["rows"].append({**row, "retain": task.retain, "surrogate_prompts": task.surrogates[:3]})
+        result["surrogate_rankings"] = bench.rankings
         result["minutes"] = bench.minutes()
         write(result)
     result["host_weights_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
@@ -102,12 +104,13 @@ def markdown(result: dict) -> str:
              f"Targets {result['targets']}; `SpareConfig()` defaults: `{json.dumps(result['config'])}`.",
              f"Prompts: the target with {profile['target_prompts']} partners over the four phrasings; "
              f"{profile['retain_prompts']} kept concepts as retain prompts, {profile.get('retain_partners', 1)} per "
-             "concept (each with another partner); surrogate = the next concept of the "
-             "domain. Judged on the whole generation set: every object x style pair, seeds "
+             "concept (each with another partner); surrogate: for a style the style the frozen model finds closest "
+             "(`Bench.surrogate_ranking`), for an object the next object of the domain ("
+             f"{', '.join(f'{t} -> {s}' for t, s in result.get('surrogates', {}).items())}). Judged on the whole generation set: every object x style pair, seeds "
              f"{', '.join(map(str, profile['eval_seeds']))} ({len(OBJECTS) * len(STYLES) * len(profile['eval_seeds'])} images), "
              "euler 20 steps, cfg 6. "
              f"Machine: {result['machine']}; {result.get('minutes', 0):.1f} min in all; host weights unchanged: "
-             f"{result.get('host_weights_unchanged')}.",
+             f"{result.get('host_weights_unchanged')}." + (f" {result['note']}" if result.get("note") else ""),
              f"The defaults' learning rate and retain weight were chosen on the tuning targets {tuning}; "
              f"this run's others are held out: {held_out}. The batch of 4 was chosen on Blueprint's spread over seeds "
              "(held out; the tuning targets scored at their ceiling with batch 1 and 4 alike, bench/README.md). The "

@@ -27,6 +27,11 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
     assert multi.surrogate_concepts == ["Pixel Mosaic", "Pixel Mosaic"]  # never another target
     targets, surrogates, retain = multi.inputs("UCE")
     assert targets[:2] == ["Watercolor", "Neon"] and retain[: len(multi.retain_concepts)] == multi.retain_concepts
+    # With a ranking (Bench.surrogate_ranking's, closest first) the first concept not being erased is taken.
+    ranked = run.build_task(["Watercolor", "Neon"], QUICK, rankings={"Watercolor": ["Neon", "Sunset"], "Neon": ["Sunset"]})
+    assert ranked.surrogate_concepts == ["Sunset", "Sunset"]
+    assert [t.replace("Watercolor", "Sunset").replace("Neon", "Sunset") for t in ranked.targets] == ranked.surrogates
+    assert ranked.targets == multi.targets  # the ranking changes the surrogates only
 
 
 def test_quick_eval_set_covers_every_concept():
