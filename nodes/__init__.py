@@ -9,6 +9,7 @@ from .demo_model import SpareDemoModel
 from .distill import SpareDistill
 from .localize import SaliencyLocalize
 from .model_hash import ModelWeightsHash
+from .surrogate_ranking import SurrogateRanking
 from .timestep_profile import TimestepProfileNode
 
 
@@ -18,6 +19,7 @@ class SpareExtension(ComfyExtension):
         return [
             SpareDemoModel,
             SaliencyLocalize,
+            SurrogateRanking,
             TimestepProfileNode,
             SpareDistill,
             ApplyErasureLora,
