@@ -30,9 +30,9 @@ class SpareDistill(io.ComfyNode):
                 io.String.Input("targets", multiline=True, default="", tooltip="Concept(s) to erase, one per line."),
                 io.String.Input("surrogates", multiline=True, default="",
                                 tooltip="What each target becomes, one per line (or one line for all). The choice "
-                                        "matters: on the demo model, Watercolor erased into Neon kept its pictures' "
-                                        "subjects, into Pixel Mosaic it lost most of them; if subjects vanish, try "
-                                        "another surrogate."),
+                                        "matters: on the demo model, Watercolor erased into Pixel Mosaic lost most "
+                                        "of its pictures' subjects, into Polka Dots (the closest style) it kept "
+                                        "them. Surrogate Ranking finds the closest of your candidates."),
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept)."),
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
