@@ -351,6 +351,7 @@ class Bench:
         if concept not in self.rankings:
             from spare_engine import rank_surrogates
 
+            # The same draw as build_task([concept]) at seed 0: the ranking sees the task's own prompts.
             partners = target_partners("style", self.profile, random.Random(f"0:{concept}"))
             targets = [make_prompt("style", concept, p, t) for p, t in partners]
             candidates = {c: [make_prompt("style", c, p, t) for p, t in partners]
