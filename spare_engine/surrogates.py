@@ -13,10 +13,10 @@ from typing import Callable
 
 import torch
 
-from .denoiser import Denoiser
+from .denoiser import Conditioning, Denoiser
 from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
 from .sampling import prompt_latents
-from .timesteps import compute_timestep_profile
+from .timesteps import measured_levels, target_surrogate_divergence
 
 
 @torch.no_grad()
@@ -45,17 +45,21 @@ def rank_surrogates(
     for name, prompts in candidates.items():
         if len(prompts) != len(targets):
             raise ValueError(f"candidate {name!r} has {len(prompts)} prompts for {len(targets)} targets: give one per target")
-    generator = torch.Generator().manual_seed(seed)
-    conds = denoiser.encode_prompts([*targets, ""]).to(denoiser.device)
-    with autocast(denoiser.device, resolve_autocast_dtype(autocast_dtype, denoiser.device)):
-        latents = prompt_latents(denoiser, targets, conds.select(list(range(len(targets)))),
-                                 conds.select([len(targets)]), n_per_prompt=n_latents, steps=sampling_steps,
-                                 cfg_scale=cfg_scale, generator=generator)
+    grid = measured_levels(len(denoiser.alphas_cumprod), grid_size)
+    precision = resolve_autocast_dtype(autocast_dtype, denoiser.device)
+    target_conds = denoiser.encode_prompts([*targets, ""]).to(denoiser.device)
+    with autocast(denoiser.device, precision):
+        latents = prompt_latents(denoiser, targets, target_conds.select(list(range(len(targets)))),
+                                 target_conds.select([len(targets)]), n_per_prompt=n_latents, steps=sampling_steps,
+                                 cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
+    target_conds = target_conds.select(list(range(len(targets))))
     ranking = []
     for done, (name, prompts) in enumerate(candidates.items(), 1):
-        profile = compute_timestep_profile(denoiser, targets, prompts, latents=latents, grid_size=grid_size,
-                                           seed=seed, autocast_dtype=autocast_dtype)
-        ranking.append((name, float(profile.divergence.mean())))
+        conds = Conditioning.cat([target_conds, denoiser.encode_prompts(prompts).to(denoiser.device)])
+        # A fresh generator per candidate: every candidate sees the same noise.
+        divergence = target_surrogate_divergence(denoiser, targets, conds, latents, grid,
+                                                 torch.Generator().manual_seed(seed), precision)
+        ranking.append((name, float(divergence.mean())))
         if callback is not None:
             callback(done, len(candidates))
     return sorted(ranking, key=lambda pair: pair[1])

@@ -116,14 +116,12 @@ def compute_timestep_profile(
     """
     if not targets or len(targets) != len(surrogates):
         raise ValueError(f"targets and surrogates must be non-empty and pair up, got {len(targets)} and {len(surrogates)}")
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
     if not 0 <= uniform_mix <= 1:
         raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    num_timesteps = len(denoiser.alphas_cumprod)
+    grid = measured_levels(num_timesteps, grid_size)
     generator = torch.Generator().manual_seed(seed)
     precision = resolve_autocast_dtype(autocast_dtype, denoiser.device)
-    num_timesteps = len(denoiser.alphas_cumprod)
-    grid = torch.linspace(0, num_timesteps - 1, grid_size).round().long()
     pairs = len(targets)
 
     conds = denoiser.encode_prompts([*targets, *surrogates, ""]).to(denoiser.device)
@@ -131,7 +129,38 @@ def compute_timestep_profile(
         x0 = prompt_latents(denoiser, targets, conds.select(list(range(pairs))), conds.select([2 * pairs]),
                             n_per_prompt=n_latents, steps=sampling_steps, cfg_scale=cfg_scale,
                             generator=generator, given=latents)
+    divergence = target_surrogate_divergence(denoiser, targets, conds, x0, grid, generator, precision, callback)
 
+    return TimestepProfile.from_divergence(
+        grid, divergence, num_timesteps, uniform_mix,
+        targets=list(targets), surrogates=list(surrogates), model_fingerprint=model_fingerprint(denoiser.module),
+    )
+
+
+def measured_levels(num_timesteps: int, grid_size: int) -> torch.Tensor:
+    """The K = grid_size evenly spaced noise levels the divergence is measured on."""
+    if grid_size < 2:
+        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
+    return torch.linspace(0, num_timesteps - 1, grid_size).round().long()
+
+
+def target_surrogate_divergence(
+    denoiser: Denoiser,
+    targets: list[str],
+    conds: Conditioning,
+    x0: dict[str, torch.Tensor],
+    grid: torch.Tensor,
+    generator: torch.Generator,
+    precision: torch.dtype | None,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """[K] float64: at each level of `grid`, the frozen model's target-vs-surrogate eps MSE on each
+    target's latents `x0[target]`, averaged over the pairs.
+
+    `conds` holds the targets' rows, then their surrogates' in the same order (further rows are ignored).
+    `callback(done, total)` runs after each measured (pair, noise level).
+    """
+    grid_size, pairs = len(grid), len(targets)
     divergence = torch.zeros(grid_size, dtype=torch.float64)
     for p, target in enumerate(targets):
         n = len(x0[target])
@@ -147,8 +176,4 @@ def compute_timestep_profile(
             divergence[k] += F.mse_loss(on_target, on_surrogate).item() / pairs
             if callback is not None:
                 callback(p * grid_size + k + 1, pairs * grid_size)
-
-    return TimestepProfile.from_divergence(
-        grid, divergence, num_timesteps, uniform_mix,
-        targets=list(targets), surrogates=list(surrogates), model_fingerprint=model_fingerprint(denoiser.module),
-    )
+    return divergence
