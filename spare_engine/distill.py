@@ -137,7 +137,9 @@ def _draw_steps(
         # Forget rows at the concept's noise levels; retain rows at every level, since damage can show anywhere.
         t_forget = timesteps.sample(batch, generator)
         t_retain = torch.randint(len(denoiser.alphas_cumprod), (batch,), generator=generator)
-        retain_x0 = torch.where(empty.view(-1, *[1] * (keep.x0.dim() - 1)), unconditional.x0[u], keep.x0[r])
+        # `empty` is drawn on the CPU (the run's generator); the latents live on the denoiser's device.
+        retain_x0 = torch.where(empty.to(keep.x0.device).view(-1, *[1] * (keep.x0.dim() - 1)),
+                                unconditional.x0[u], keep.x0[r])
         # A retain row's student and teacher see the same prompt, in either pool.
         retain_rows = torch.where(empty, unconditional.student_rows[u], keep.student_rows[r])
         x0.append(torch.cat([forget.x0[f], retain_x0]))
