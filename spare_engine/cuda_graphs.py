@@ -45,6 +45,9 @@ class ReplayedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_inputs: list[torch.Tensor] = []
         self.static_loss: torch.Tensor | None = None
+        # One side stream for every warm-up step: the caching allocator keeps a stream's freed blocks for
+        # that stream alone, so a new stream per step would hold a step's memory once per warm-up step.
+        self.warmup_stream = torch.cuda.Stream() if graphed else None
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -61,7 +64,7 @@ class ReplayedStep:
         return self.static_loss
 
     def _warmup(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        side = torch.cuda.Stream()
+        side = self.warmup_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self.optimizer.zero_grad(set_to_none=True)
