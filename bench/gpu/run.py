@@ -169,6 +169,10 @@ class Stage:
         self.losses: list[float] = []
         self.total = None
         self.record: dict = {"unit": unit}
+        # (step, reserved GiB then, peak reserved GiB so far) at each step where the peak grew by 10 MiB or
+        # more: which step set the stage's peak (distill: eager warm-up steps 1-3, the capture at step 4, a
+        # teacher block), where max_memory_reserved alone says only how high.
+        self.reserved_growth: list[list[float]] = []
 
     def __enter__(self):
         free_memory()
@@ -186,6 +190,10 @@ class Stage:
         sync()
         self.ticks.append(time.perf_counter())
         self.total = total
+        if cuda():
+            peak = torch.cuda.max_memory_reserved() / GiB
+            if not self.reserved_growth or peak >= self.reserved_growth[-1][2] + 0.01:
+                self.reserved_growth.append([step, round(torch.cuda.memory_reserved() / GiB, 3), round(peak, 3)])
         if loss is not None:
             self.losses.append(loss)
         if self.progress is not None:
@@ -210,6 +218,8 @@ class Stage:
             "after_last_step_s": ended - self.ticks[-1] if n else None,
             **memory(),
         })
+        if self.reserved_growth:
+            self.record["reserved_growth"] = self.reserved_growth
         if kind is not None:
             self.record["error"] = f"{kind.__name__}: {error}"
         return False
@@ -866,6 +876,10 @@ def markdown(results: dict) -> str:
         if "cuda_graphs_used" in d:
             lines += [f"Distill's training step {'replayed as a CUDA graph' if d['cuda_graphs_used'] else 'ran eagerly (no CUDA graph)'}"
                       f"; gradient checkpointing `{d.get('config', {}).get('gradient_checkpointing')}`.", ""]
+        if d.get("reserved_growth"):
+            lines += ["Distill's peak reserved memory grew at (step: GiB): "
+                      + ", ".join(f"{int(step)}: {peak:.2f}" for step, _, peak in d["reserved_growth"])
+                      + " (steps 1-3 eager warm-up, 4 the graph's capture when graphed).", ""]
         v = spare.get("distill_checkpointed")
         if v and "wall_s" in v:
             lines += [f"Proposed change, measured here: distill with gradient checkpointing (ResBlocks + transformer "
