@@ -35,8 +35,8 @@ class SpareDistill(io.ComfyNode):
                                         "them. Surrogate Ranking finds the closest of your candidates."),
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept). "
-                                        "List the surrogate and the concepts nearest the target: on the demo model "
-                                        "every kept concept that changed was one left off this list."),
+                                        "List what you need unchanged, the concepts nearest the target first: on the "
+                                        "demo model every kept concept that changed was one left off this list."),
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
                              tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
