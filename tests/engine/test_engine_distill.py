@@ -112,7 +112,8 @@ def test_training_batches_are_drawn_on_the_denoisers_device(profile):
     from spare_engine.distill import LatentPool, _draw_steps
 
     model = TinyDenoiser(seed=0)
-    model.module.to("meta"), model.embedding.to("meta")
+    model.module.to("meta")
+    model.embedding.to("meta")
     model.device = torch.device("meta")
     prompts = [*TARGETS, *SURROGATES, *RETAIN, ""]
     conds = model.encode_prompts(prompts)
