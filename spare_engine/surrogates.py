@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .denoiser import Conditioning, Denoiser
+from .denoiser import Denoiser
 from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
 from .sampling import prompt_latents
 from .timesteps import measured_levels, target_surrogate_divergence
@@ -37,8 +37,9 @@ def rank_surrogates(
 
     `candidates` maps a name to its surrogate prompts, one per target prompt (the same sentence
     naming the candidate instead of the target). The target's latents are generated once and every
-    candidate is measured on the same noisy latents, so the ranking compares like with like.
-    `callback(done, total)` runs after each candidate.
+    candidate is measured on the same noisy latents, so the ranking compares like with like; the
+    target's own prediction is made once for all candidates.
+    `callback(done, total)` runs after each measured (target prompt, noise level).
     """
     if not candidates:
         raise ValueError("candidates is empty: give at least one surrogate to rank")
@@ -52,14 +53,9 @@ def rank_surrogates(
         latents = prompt_latents(denoiser, targets, target_conds.select(list(range(len(targets)))),
                                  target_conds.select([len(targets)]), n_per_prompt=n_latents, steps=sampling_steps,
                                  cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
-    target_conds = target_conds.select(list(range(len(targets))))
-    ranking = []
-    for done, (name, prompts) in enumerate(candidates.items(), 1):
-        conds = Conditioning.cat([target_conds, denoiser.encode_prompts(prompts).to(denoiser.device)])
-        # A fresh generator per candidate: every candidate sees the same noise.
-        divergence = target_surrogate_divergence(denoiser, targets, conds, latents, grid,
-                                                 torch.Generator().manual_seed(seed), precision)
-        ranking.append((name, float(divergence.mean())))
-        if callback is not None:
-            callback(done, len(candidates))
+    divergence = target_surrogate_divergence(
+        denoiser, target_conds.select(list(range(len(targets)))),
+        [denoiser.encode_prompts(prompts).to(denoiser.device) for prompts in candidates.values()],
+        [latents[target] for target in targets], grid, torch.Generator().manual_seed(seed), precision, callback)
+    ranking = [(name, float(row.mean())) for name, row in zip(candidates, divergence)]
     return sorted(ranking, key=lambda pair: pair[1])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .artifacts import check_fingerprint, load_artifact, save_artifact
 from .denoiser import Conditioning, Denoiser, model_fingerprint
 from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
-from .sampling import add_noise, prompt_latents
+from .sampling import add_noise, forward_batch_rows, prompt_latents
 from .version import __version__
 
 PROFILE_FORMAT = "spare_engine.timestep_profile"
@@ -129,7 +129,9 @@ def compute_timestep_profile(
         x0 = prompt_latents(denoiser, targets, conds.select(list(range(pairs))), conds.select([2 * pairs]),
                             n_per_prompt=n_latents, steps=sampling_steps, cfg_scale=cfg_scale,
                             generator=generator, given=latents)
-    divergence = target_surrogate_divergence(denoiser, targets, conds, x0, grid, generator, precision, callback)
+    divergence = target_surrogate_divergence(denoiser, conds.select(list(range(pairs))),
+                                             [conds.select(list(range(pairs, 2 * pairs)))],
+                                             [x0[target] for target in targets], grid, generator, precision, callback)[0]
 
     return TimestepProfile.from_divergence(
         grid, divergence, num_timesteps, uniform_mix,
@@ -146,34 +148,46 @@ def measured_levels(num_timesteps: int, grid_size: int) -> torch.Tensor:
 
 def target_surrogate_divergence(
     denoiser: Denoiser,
-    targets: list[str],
-    conds: Conditioning,
-    x0: dict[str, torch.Tensor],
+    target_conds: Conditioning,
+    surrogate_conds: list[Conditioning],
+    x0: list[torch.Tensor],
     grid: torch.Tensor,
     generator: torch.Generator,
     precision: torch.dtype | None,
     callback: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """[K] float64: at each level of `grid`, the frozen model's target-vs-surrogate eps MSE on each
-    target's latents `x0[target]`, averaged over the pairs.
+    """[C, K] float64: for each of C surrogate sets, at each level of `grid`, the frozen model's
+    target-vs-surrogate eps MSE on the target's latents, averaged over the P target prompts.
 
-    `conds` holds the targets' rows, then their surrogates' in the same order (further rows are ignored).
-    `callback(done, total)` runs after each measured (pair, noise level).
+    `target_conds` has one row per target prompt; each of `surrogate_conds` one row per target prompt,
+    in the same order; `x0[p]` are target p's latents [N, C, H, W]. Every surrogate set is measured
+    on the same noisy latents, and the target's prediction is made once for all of them.
+    `callback(done, total)` runs after each measured (target prompt, noise level).
     """
-    grid_size, pairs = len(grid), len(targets)
-    divergence = torch.zeros(grid_size, dtype=torch.float64)
-    for p, target in enumerate(targets):
-        n = len(x0[target])
-        # Target and surrogate predictions for the same noisy latents go through the network as one batch.
-        both = Conditioning.cat([conds.select([p]).repeat(n), conds.select([pairs + p]).repeat(n)])
+    pairs, grid_size = len(target_conds), len(grid)
+    divergence = torch.zeros(len(surrogate_conds), grid_size, dtype=torch.float64)
+    for p, latents in enumerate(x0):
+        n = len(latents)
+        # The target's and the surrogates' predictions for the same noisy latents share batches, the
+        # target's rows first; a pass holds at least two prompts' rows, so a target and one surrogate
+        # always go through the network together.
+        rows = Conditioning.cat([conds.select([p]).repeat(n) for conds in (target_conds, *surrogate_conds)])
+        prompts_per_pass = max(2, forward_batch_rows(latents.shape[1:]) // n)
+        chunk, copies = prompts_per_pass * n, len(rows) // n
         for k, t in enumerate(grid.tolist()):
-            eps = torch.randn(x0[target].shape, generator=generator).to(denoiser.device)
+            eps = torch.randn(latents.shape, generator=generator).to(denoiser.device)
             t_batch = torch.full((n,), t, dtype=torch.long, device=denoiser.device)
-            x_t = add_noise(denoiser.alphas_cumprod, x0[target], t_batch, eps)
+            x_t = add_noise(denoiser.alphas_cumprod, latents, t_batch, eps)
+            all_x_t, all_t = x_t.repeat(copies, 1, 1, 1), t_batch.repeat(copies)
             with autocast(denoiser.device, precision):
-                eps_pred = denoiser.predict_eps(torch.cat([x_t, x_t]), torch.cat([t_batch, t_batch]), both)
-            on_target, on_surrogate = eps_pred.float().chunk(2)
-            divergence[k] += F.mse_loss(on_target, on_surrogate).item() / pairs
+                eps_pred = torch.cat([
+                    denoiser.predict_eps(all_x_t[i:i + chunk], all_t[i:i + chunk],
+                                         rows.select(range(i, min(i + chunk, len(rows)))))
+                    for i in range(0, len(rows), chunk)
+                ]).float()
+            on_target, *on_surrogates = eps_pred.split(n)
+            for c, on_surrogate in enumerate(on_surrogates):
+                divergence[c, k] += F.mse_loss(on_target, on_surrogate).item() / pairs
             if callback is not None:
                 callback(p * grid_size + k + 1, pairs * grid_size)
     return divergence

@@ -69,6 +69,12 @@ def test_surrogates_ranked_closest_first_on_shared_latents(denoiser):
     # Every candidate is measured on the same latents and noise: its figure does not depend on the others.
     alone = dict(rank_surrogates(denoiser, ["a cat"], {"car": ["a red car"]}, grid_size=4, n_latents=2, sampling_steps=3))
     assert alone["car"] == dict(ranking)["car"]
+    # Many latents per prompt: the target's and the candidates' rows no longer fit one pass (tiny model: 32 rows),
+    # so they go through in several; each candidate's figure is still the one it gets measured alone.
+    many = rank_surrogates(denoiser, ["a cat"], candidates, grid_size=3, n_latents=12, sampling_steps=3)
+    for name, value in many:
+        one = rank_surrogates(denoiser, ["a cat"], {name: candidates[name]}, grid_size=3, n_latents=12, sampling_steps=3)
+        assert value == pytest.approx(one[0][1], rel=1e-5, abs=1e-9)
     with pytest.raises(ValueError, match="'dog' has 2 prompts for 1 targets"):
         rank_surrogates(denoiser, ["a cat"], {"dog": ["a dog", "a puppy"]})
     with pytest.raises(ValueError, match="candidates is empty"):
