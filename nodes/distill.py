@@ -42,7 +42,9 @@ class SpareDistill(io.ComfyNode):
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
                 io.Int.Input("steps", default=DEFAULT.steps, min=1, max=100000,
                              tooltip="Optimisation steps; the time grows with them. If erased images still show "
-                                     "traces of the target, more steps complete the substitution."),
+                                     "traces of the target, more steps complete the substitution. Erasing several "
+                                     "concepts at once, give each about this many: on the demo model three styles "
+                                     "with 600 steps kept their pictures' objects far better than with 200."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
                                        "if retained concepts drift on a large model, lower it."),
