@@ -31,7 +31,7 @@ from .lora import ErasureLoRA
 from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed,
                       gradients_only_for, release_cached_memory, resolve_autocast_dtype)
 from .saliency import SaliencyMap
-from .sampling import add_noise, forward_batch_rows, prompt_latents
+from .sampling import add_noise, forward_batch_rows, predict_eps_in_passes, prompt_latents
 from .timesteps import TimestepProfile
 from .version import __version__
 
@@ -149,12 +149,9 @@ def _draw_steps(
         teacher_rows.append(torch.cat([forget.teacher_rows[f], retain_rows]))
     t_all = torch.cat(t).to(device)
     x_t = add_noise(denoiser.alphas_cumprod, torch.cat(x0), t_all, torch.cat(noise).to(device))
-    teacher_index, chunk = torch.cat(teacher_rows), forward_batch_rows(denoiser.latent_shape)
     with record_function("spare/teacher"), autocast(device, precision):
-        teacher = torch.cat([
-            denoiser.predict_eps(x_t[i:i + chunk], t_all[i:i + chunk], conds.select(teacher_index[i:i + chunk])).float()
-            for i in range(0, len(t_all), chunk)
-        ])
+        teacher = predict_eps_in_passes(denoiser, x_t, t_all, conds, torch.cat(teacher_rows),
+                                        forward_batch_rows(denoiser.latent_shape))
     rows = 2 * batch
     return [(x_t[i * rows:(i + 1) * rows], t_all[i * rows:(i + 1) * rows], student_rows[i],
              teacher[i * rows:(i + 1) * rows]) for i in range(n_steps)]

@@ -58,6 +58,16 @@ def forward_batch_rows(latent_shape: tuple[int, ...]) -> int:
     return max(1, min(32, 32 * 64 * 64 // (height * width)))
 
 
+def predict_eps_in_passes(denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, conds: Conditioning,
+                          rows: torch.Tensor, pass_rows: int) -> torch.Tensor:
+    """Float32 eps of x_t [B, C, H, W] at t [B], row b conditioned on `conds` row rows[b], through the
+    network `pass_rows` rows at a time (no-grad passes too large for one go, e.g. forward_batch_rows)."""
+    return torch.cat([
+        denoiser.predict_eps(x_t[i:i + pass_rows], t[i:i + pass_rows], conds.select(rows[i:i + pass_rows])).float()
+        for i in range(0, len(t), pass_rows)
+    ])
+
+
 def prompt_latents(
     denoiser: Denoiser,
     prompts: list[str],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .artifacts import check_fingerprint, load_artifact, save_artifact
 from .denoiser import Conditioning, Denoiser, model_fingerprint
 from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
-from .sampling import add_noise, forward_batch_rows, prompt_latents
+from .sampling import add_noise, forward_batch_rows, predict_eps_in_passes, prompt_latents
 from .version import __version__
 
 PROFILE_FORMAT = "spare_engine.timestep_profile"
@@ -164,27 +164,23 @@ def target_surrogate_divergence(
     on the same noisy latents, and the target's prediction is made once for all of them.
     `callback(done, total)` runs after each measured (target prompt, noise level).
     """
-    pairs, grid_size = len(target_conds), len(grid)
+    pairs, grid_size, copies = len(target_conds), len(grid), 1 + len(surrogate_conds)
+    conds = Conditioning.cat([target_conds, *surrogate_conds])  # prompt set c, target p: row c * pairs + p
     divergence = torch.zeros(len(surrogate_conds), grid_size, dtype=torch.float64)
     for p, latents in enumerate(x0):
         n = len(latents)
-        # The target's and the surrogates' predictions for the same noisy latents share batches, the
+        # The target's and the surrogates' predictions for the same noisy latents share passes, the
         # target's rows first; a pass holds at least two prompts' rows, so a target and one surrogate
         # always go through the network together.
-        rows = Conditioning.cat([conds.select([p]).repeat(n) for conds in (target_conds, *surrogate_conds)])
-        prompts_per_pass = max(2, forward_batch_rows(latents.shape[1:]) // n)
-        chunk, copies = prompts_per_pass * n, len(rows) // n
+        rows = torch.arange(p, copies * pairs, pairs).repeat_interleave(n)
+        pass_rows = max(2, forward_batch_rows(latents.shape[1:]) // n) * n
         for k, t in enumerate(grid.tolist()):
             eps = torch.randn(latents.shape, generator=generator).to(denoiser.device)
             t_batch = torch.full((n,), t, dtype=torch.long, device=denoiser.device)
             x_t = add_noise(denoiser.alphas_cumprod, latents, t_batch, eps)
-            all_x_t, all_t = x_t.repeat(copies, 1, 1, 1), t_batch.repeat(copies)
             with autocast(denoiser.device, precision):
-                eps_pred = torch.cat([
-                    denoiser.predict_eps(all_x_t[i:i + chunk], all_t[i:i + chunk],
-                                         rows.select(range(i, min(i + chunk, len(rows)))))
-                    for i in range(0, len(rows), chunk)
-                ]).float()
+                eps_pred = predict_eps_in_passes(denoiser, x_t.repeat(copies, 1, 1, 1), t_batch.repeat(copies),
+                                                 conds, rows, pass_rows)
             on_target, *on_surrogates = eps_pred.split(n)
             for c, on_surrogate in enumerate(on_surrogates):
                 divergence[c, k] += F.mse_loss(on_target, on_surrogate).item() / pairs
