@@ -161,6 +161,11 @@ def target_partners(domain: str, profile: Profile, rng: random.Random) -> list[t
     return [(partner, i % len(PROMPT_TEMPLATES)) for i, partner in enumerate(rng.sample(other, profile.target_prompts))]
 
 
+def task_rng(concepts: list[str], seed: int = 0) -> random.Random:
+    """The random draws (partners, phrasings, retain prompts) of the task that erases `concepts`."""
+    return random.Random(f"{seed}:{'|'.join(concepts)}")
+
+
 def build_task(concepts: list[str], profile: Profile, seed: int = 0,
                rankings: dict[str, list[str]] | None = None) -> Task:
     """`rankings`: per target, its candidate surrogates closest first (Bench.surrogate_ranking)."""
@@ -168,7 +173,7 @@ def build_task(concepts: list[str], profile: Profile, seed: int = 0,
 
     domain = concept_domain(concepts[0])
     own, other = _domains()[domain], _domains()["style" if domain == "object" else "object"]
-    rng = random.Random(f"{seed}:{'|'.join(concepts)}")
+    rng = task_rng(concepts, seed)
     rankings = rankings or {}
     task = Task(domain, list(concepts), [surrogate_for(c, concepts, rankings.get(c)) for c in concepts])
     for concept, surrogate in zip(task.concepts, task.surrogate_concepts):
@@ -351,8 +356,8 @@ class Bench:
         if concept not in self.rankings:
             from spare_engine import rank_surrogates
 
-            # The same draw as build_task([concept]) at seed 0: the ranking sees the task's own prompts.
-            partners = target_partners("style", self.profile, random.Random(f"0:{concept}"))
+            # The ranking sees the single-concept task's own target prompts.
+            partners = target_partners("style", self.profile, task_rng([concept]))
             targets = [make_prompt("style", concept, p, t) for p, t in partners]
             candidates = {c: [make_prompt("style", c, p, t) for p, t in partners]
                           for c in _domains()["style"] if c != concept}

@@ -48,13 +48,13 @@ def rank_surrogates(
             raise ValueError(f"candidate {name!r} has {len(prompts)} prompts for {len(targets)} targets: give one per target")
     grid = measured_levels(len(denoiser.alphas_cumprod), grid_size)
     precision = resolve_autocast_dtype(autocast_dtype, denoiser.device)
-    target_conds = denoiser.encode_prompts([*targets, ""]).to(denoiser.device)
+    conds = denoiser.encode_prompts([*targets, ""]).to(denoiser.device)
+    target_conds = conds.select(list(range(len(targets))))
     with autocast(denoiser.device, precision):
-        latents = prompt_latents(denoiser, targets, target_conds.select(list(range(len(targets)))),
-                                 target_conds.select([len(targets)]), n_per_prompt=n_latents, steps=sampling_steps,
-                                 cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
+        latents = prompt_latents(denoiser, targets, target_conds, conds.select([len(targets)]), n_per_prompt=n_latents,
+                                 steps=sampling_steps, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(seed))
     divergence = target_surrogate_divergence(
-        denoiser, target_conds.select(list(range(len(targets)))),
+        denoiser, target_conds,
         [denoiser.encode_prompts(prompts).to(denoiser.device) for prompts in candidates.values()],
         [latents[target] for target in targets], grid, torch.Generator().manual_seed(seed), precision, callback)
     ranking = [(name, float(row.mean())) for name, row in zip(candidates, divergence)]
