@@ -70,6 +70,8 @@ def main() -> int:
                 losses.append(loss)
 
             try:
+                if cuda:
+                    torch.cuda.empty_cache()  # the eager run's cached blocks would count in the graphed run's reserved peak
                 bench.reset_peak()
                 with engine_denoiser(model, clip, resolution) as d, warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -79,6 +81,7 @@ def main() -> int:
                 report[mode] = {"ms_per_step": 1000 * (timed[-1] - timed[0]) / (len(timed) - 1),
                                 "first_losses": losses[:3], "last_losses": losses[-3:],
                                 "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                                "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
                                 # what ran: False here when the capture failed and the engine fell back
                                 "cuda_graphs_used": lora.metadata["config"]["cuda_graphs"],
                                 "warnings": [str(w.message) for w in caught]}
