@@ -170,8 +170,8 @@ class Stage:
         self.total = None
         self.record: dict = {"unit": unit}
         # (step, reserved GiB then, peak reserved GiB so far) at each step where the peak grew by 10 MiB or
-        # more: which step set the stage's peak (distill: eager warm-up steps 1-3, the capture at step 4, a
-        # teacher block), where max_memory_reserved alone says only how high.
+        # more: which step set the stage's peak (distill: eager warm-up steps 1-3, the capture at step 4),
+        # where max_memory_reserved alone says only how high.
         self.reserved_growth: list[list[float]] = []
 
     def __enter__(self):
@@ -409,8 +409,8 @@ def model_hash(model) -> tuple[str, float]:
 def run_profile(engine_denoiser, model, clip, resolution: int, artifacts: dict, out_dir: Path, family: str) -> dict:
     """torch.profiler over distill's training steps (wait 1, warm-up 1, record 4), node settings otherwise.
 
-    The student's passes are labelled by wrapping the denoiser's predict_eps (record_function); the
-    teacher's targets for these steps were computed in one block before step 1, outside the window.
+    The teacher's and the student's passes are labelled by wrapping the denoiser's predict_eps
+    (record_function); both run inside every training step.
     """
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 

@@ -109,24 +109,21 @@ def test_training_batches_are_drawn_on_the_denoisers_device(profile):
     # The run's generator draws on the CPU; everything it picks must follow the latents to the model's
     # device. The meta device stands in for CUDA here: a CPU tensor mixed into its ops raises, as on a GPU
     # (an empty-prompt mask left on the CPU failed every GPU run before this test).
-    from spare_engine.distill import LatentPool, _draw_steps
+    from spare_engine.distill import LatentPool, _draw_step
 
     model = TinyDenoiser(seed=0)
     model.module.to("meta")
     model.embedding.to("meta")
     model.device = torch.device("meta")
     prompts = [*TARGETS, *SURROGATES, *RETAIN, ""]
-    conds = model.encode_prompts(prompts)
     x0 = {prompt: torch.zeros(2, *model.latent_shape, device="meta") for prompt in prompts}
     forget = LatentPool.build(x0, [(TARGETS[0], 0, 1)])
     keep = LatentPool.build(x0, [(RETAIN[0], 2, 2), ("", 3, 3)])
     unconditional = LatentPool.build(x0, [(p, 3, 3) for p in (TARGETS[0], RETAIN[0], "")])
-    steps = _draw_steps(model, conds, forget, keep, unconditional, 0.5, profile, 2, torch.Generator().manual_seed(0),
-                        None, n_steps=3)
-    assert len(steps) == 3
-    for x_t, t, _, teacher in steps:
-        assert x_t.device.type == t.device.type == teacher.device.type == "meta"
-        assert x_t.shape == teacher.shape == (4, *model.latent_shape)
+    x_t, t, student_rows, teacher_rows = _draw_step(model, forget, keep, unconditional, 0.5, profile, 2,
+                                                    torch.Generator().manual_seed(0))
+    assert x_t.device.type == t.device.type == "meta"
+    assert x_t.shape == (4, *model.latent_shape) and t.shape == student_rows.shape == teacher_rows.shape == (4,)
 
 
 def test_nan_from_the_model_is_caught(saliency, profile):
