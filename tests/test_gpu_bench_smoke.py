@@ -59,6 +59,8 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     m = results["models"]["sd15"]
     assert not missing(m, MODEL_FIELDS), missing(m, MODEL_FIELDS)
     assert m["load"]["detected"] == "SD15" and m["checkpoint"]["bytes"] > 0
+    from bench.gpu.run import engine_source_digest
+    assert m["engine_source_sha256"] == engine_source_digest()  # the code that ran, as this checkout has it
 
     spare = m["spare"]
     assert "error" not in spare, spare.get("traceback") or spare["error"]

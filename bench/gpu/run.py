@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import datetime
 import gc
+import hashlib
 import importlib
 import json
 import math
@@ -72,6 +73,16 @@ TINY_RESOLUTION = 16  # --tiny: 2x2 latents; the tiny UNet has no down-sampling
 # under a minute and a half on two shared cores; every other node input keeps its default.
 TINY_OVERRIDES = {"distill": {"steps": 20}}
 GiB = 2**30
+
+
+def engine_source_digest(root: Path = ROOT) -> str:
+    """sha256 of the engine's and the nodes' Python sources under `root`: which code a result measured. The GPU
+    machine gets a copy of the working tree without .git, so a commit cannot be read there; the digest of a
+    commit is this function run on its checkout (e.g. `git worktree add /tmp/c COMMIT`)."""
+    digest = hashlib.sha256()
+    for path in sorted([*(root / "spare_engine").rglob("*.py"), *(root / "nodes").rglob("*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- host
@@ -622,7 +633,7 @@ def run_model(family: str, args, engine_denoiser, defaults: dict, ckpt_dir: Path
 
     from bench.gpu import checkpoints
 
-    rec: dict = {"family": family}
+    rec: dict = {"family": family, "engine_source_sha256": engine_source_digest()}
     save(family, rec)
     resolution = args.resolution or (TINY_RESOLUTION if args.tiny else 0)
     rec["resolution_input"] = resolution
@@ -857,7 +868,8 @@ def markdown(results: dict) -> str:
                   f"Checkpoint {ck.get('file')} ({_f(ck.get('gib'))} GiB, written in {_f(ck.get('write_s'), '{:.1f}')} s), "
                   f"detected as **{load.get('detected')}**, UNet {load.get('unet_dtype')} "
                   f"(manual cast {load.get('manual_cast_dtype')}), loaded in {_f(load.get('s'), '{:.1f}')} s; "
-                  f"resolution {m.get('resolution')} px.", ""]
+                  f"resolution {m.get('resolution')} px. Engine and node sources: sha256 "
+                  f"`{(m.get('engine_source_sha256') or 'not recorded')[:12]}` (bench.gpu.run.engine_source_digest).", ""]
         spare = m.get("spare", {})
         if "error" in spare:
             lines += [f"**SPARE failed**: `{spare['error']}`", ""]
