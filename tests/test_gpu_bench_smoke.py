@@ -68,7 +68,7 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     for name, stage in spare["stages"].items():
         assert not missing(stage, STAGE_FIELDS), (name, missing(stage, STAGE_FIELDS))
         assert stage["wall_s"] > 0 and stage["steps"] == stage["steps_total"] > 0, (name, stage)
-    localize, profile = defaults["localize"]["inputs"], defaults["profile"]["inputs"]
+    localize = defaults["localize"]["inputs"]
     assert spare["stages"]["saliency"]["steps"] == 2 * localize["samples"]  # samples x 2 noise draws each
     assert spare["stages"]["timestep_profile"]["steps"] == 20  # the profile's 20-level grid, one pair
     assert spare["stages"]["distill"]["steps"] == 20

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .common import Callback, state_dict_bytes  # noqa: F401  (state_dict_bytes re-exported for callers)
+from .common import Callback
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from bench.baselines import esd, salun, spare, uce
 from bench.baselines.common import DeltaAdapter, build_delta_adapters, ddim_partial, export_diff, merge_into
-from spare_engine import Conditioning, adapters_disabled, attached, weights_hash
+from spare_engine import adapters_disabled, attached, weights_hash
 
 TARGETS, SURROGATES, RETAIN = ["a photo of cat"], ["a photo of dog"], ["a red car", "a blue house"]
 
