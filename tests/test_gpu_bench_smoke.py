@@ -99,6 +99,7 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     profile_rec = m["profile"]
     assert "error" not in profile_rec, profile_rec["error"]
     assert (tmp_path / profile_rec["file"]).read_text().count("aten::") > 5
+    assert profile_rec["graph_replays"] is False  # the CPU runs eager steps, whose passes are labelled
     # Every recorded step runs the teacher's pass and the student's.
     assert {"predict_eps/student (grad)", "predict_eps/teacher (no grad)"} <= {r["name"] for r in profile_rec["labels"]}
 

@@ -418,16 +418,19 @@ def model_hash(model) -> tuple[str, float]:
 
 
 def run_profile(engine_denoiser, model, clip, resolution: int, artifacts: dict, out_dir: Path, family: str) -> dict:
-    """torch.profiler over distill's training steps (wait 1, warm-up 1, record 4), node settings otherwise.
+    """torch.profiler over 4 of distill's training steps, node settings otherwise.
 
-    The teacher's and the student's passes are labelled by wrapping the denoiser's predict_eps
-    (record_function); both run inside every training step.
+    Eager steps (the CPU): after 1 skipped and 1 warm-up step; the teacher's and the student's passes are
+    labelled by wrapping the denoiser's predict_eps (record_function). Graphed steps (CUDA): only replays, after
+    the eager warm-up steps, the capture and 1 more; a replay has no Python, so the table is its kernels alone.
     """
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
     from comfyui_spare.spare_engine import distill
+    from comfyui_spare.spare_engine.cuda_graphs import WARMUP_STEPS, use_cuda_graphs
 
-    wait, warmup, active = 1, 1, 4
+    graphed = use_cuda_graphs(artifacts["config"].cuda_graphs, "cuda" if cuda() else "cpu")
+    wait, warmup, active = (WARMUP_STEPS + 1 if graphed else 1), 1, 4
     config = dataclasses.replace(artifacts["config"], steps=wait + warmup + active)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda() else [])
     with profile(activities=activities, schedule=schedule(wait=wait, warmup=warmup, active=active),
@@ -472,7 +475,8 @@ def run_profile(engine_denoiser, model, clip, resolution: int, artifacts: dict, 
     key = (lambda r: r["self_device_ms"] or 0.0) if cuda() else (lambda r: r["self_cpu_ms"])
     labels = [r for r in rows if r["name"].startswith(("predict_eps/", "spare/"))]  # ours, and the engine's if it labels
     rows = sorted((r for r in rows if r not in labels and not r["name"].startswith("ProfilerStep")), key=key, reverse=True)
-    return {"file": path.name, "sorted_by": sort, "recorded_steps": active, "top": rows[:12], "labels": labels}
+    return {"file": path.name, "sorted_by": sort, "recorded_steps": active, "graph_replays": graphed,
+            "top": rows[:12], "labels": labels}
 
 
 # ------------------------------------------------------------------------------------------- server
@@ -948,11 +952,15 @@ def markdown(results: dict) -> str:
         if p and "top" in p:
             unit = "self_device_ms" if results["device"] == "cuda" else "self_cpu_ms"
             dev = results["device"] == "cuda"
-            lines += [f"torch.profiler, distill, {p['recorded_steps']} training steps (full table: {p['file']}). "
-                      "Teacher / student UNet forward passes (total time inside each; the backward is in the op table):", "",
-                      "| pass | calls | CPU total ms | device total ms |", "|---|---|---|---|"]
-            for r in p["labels"]:
-                lines.append(f"| {r['name']} | {r['calls']} | {_f(r.get('cpu_total_ms'))} | {_f(r.get('device_total_ms'))} |")
+            if p.get("graph_replays"):
+                lines += [f"torch.profiler, distill, {p['recorded_steps']} replays of the graphed training step "
+                          f"(full table: {p['file']}); a replay runs no Python, so the table holds its kernels only."]
+            else:
+                lines += [f"torch.profiler, distill, {p['recorded_steps']} training steps (full table: {p['file']}). "
+                          "Teacher / student UNet forward passes (total time inside each; the backward is in the op table):",
+                          "", "| pass | calls | CPU total ms | device total ms |", "|---|---|---|---|"]
+                for r in p["labels"]:
+                    lines.append(f"| {r['name']} | {r['calls']} | {_f(r.get('cpu_total_ms'))} | {_f(r.get('device_total_ms'))} |")
             unit = "self_device_ms" if dev else "self_cpu_ms"
             lines += ["", f"| top ops | calls | {unit.replace('_', ' ')} |", "|---|---|---|"]
             for r in p["top"]:
