@@ -1,10 +1,11 @@
 """One training step recorded once as a CUDA graph and replayed for every later step.
 
-On a GPU, distill's step is bound by kernel launches, not by arithmetic: the H100 ran SD1.5's
+On a GPU, an eager distill step spends much of its time launching kernels: the H100 ran SD1.5's
 checkpointed step (4 + 4 rows, 512 px) in 413 ms eagerly and in 162 ms replayed from a graph, with the
-same losses (bench/gpu/graphs_probe.py); the H200 ran SDXL's at 1024 px in 1268 ms and 877 ms. A graph holds the kernels of the whole step - the teacher's
-pass, the student's forward and backward, gradient clipping, the optimizer - and replays them without
-Python in between; every tensor the step makes lives in the graph's own memory pool. The step's
+same losses (bench/gpu/graphs_probe.py); the H200 ran SDXL's (1024 px) in 1268 ms and 877 ms. A graph
+holds the kernels of the whole step - the teacher's pass, the student's forward and backward, gradient
+clipping, the optimizer - and replays them without Python in between; every tensor the step makes lives
+in the graph's own memory pool. The step's
 inputs are copied into the tensors the graph was recorded on before each replay.
 
 What a captured step must respect (torch.cuda.graphs): no host sync inside it (no .item()), autocast
