@@ -5,8 +5,8 @@ checkpointed step (4 + 4 rows, 512 px) in 413 ms eagerly and in 162 ms replayed 
 same losses (bench/gpu/graphs_probe.py); the H200 ran SDXL's (1024 px) in 1268 ms and 877 ms. A graph
 holds the kernels of the whole step - the teacher's pass, the student's forward and backward, gradient
 clipping, the optimizer - and replays them without Python in between; every tensor the step makes lives
-in the graph's own memory pool. The step's
-inputs are copied into the tensors the graph was recorded on before each replay.
+in the graph's own memory pool. The step's inputs are copied into the tensors the graph was recorded on
+before each replay.
 
 What a captured step must respect (torch.cuda.graphs): no host sync inside it (no .item()), autocast
 without its cast cache, an optimizer built with capturable=True, and a few eager warm-up steps on a
