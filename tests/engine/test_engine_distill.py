@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spare_engine import (DistillConfig, NonFiniteLossError, TimestepProfile, add_noise, compute_saliency,
+from spare_engine import (Conditioning, DistillConfig, NonFiniteLossError, TimestepProfile, add_noise, compute_saliency,
                           compute_timestep_profile, distill, sample_ddim, weights_hash)
 
 from .conftest import RETAIN, SURROGATES, TARGETS, small_config
@@ -281,3 +281,26 @@ def test_unconditional_rows_keep_the_empty_prompt_on_the_targets_latents(denoise
     without, held = empty_prompt_drift(0.0), empty_prompt_drift(0.5)
     print(f"empty prompt's drift on the target's latents: {without:.2e} without, {held:.2e} with")
     assert held < 0.6 * without  # measured: 3.0e-5 against 7.0e-5
+
+
+def test_the_teacher_is_the_frozen_network_at_every_step(saliency, profile):
+    """The teacher's pass runs inside each training step, with the adapters attached but off: every no-grad
+    prediction distill makes equals the frozen network's on the same inputs, however far the adapters moved."""
+    class Recording(TinyDenoiser):
+        def predict_eps(self, x_t, t, cond):
+            eps = super().predict_eps(x_t, t, cond)
+            if not torch.is_grad_enabled():
+                self.no_grad_calls.append((x_t.clone(), t.clone(), {k: v.clone() for k, v in cond.tensors.items()},
+                                           eps.clone()))
+            return eps
+
+    model = Recording(seed=0)
+    model.no_grad_calls = []
+    lora = distill(model, TARGETS, SURROGATES, RETAIN, saliency, profile, small_config(steps=12, lr=3e-2))
+    assert max(float(up.abs().max()) for up in lora.up.values()) > 1e-3  # the adapters did move
+    teacher_calls = model.no_grad_calls[-12:]  # one per step, after the data-free sampling's
+    assert all(len(x_t) == 2 * small_config().batch_size for x_t, *_ in teacher_calls)
+    frozen = TinyDenoiser(seed=0)
+    with torch.no_grad():
+        for x_t, t, cond, eps in model.no_grad_calls:
+            assert torch.equal(frozen.predict_eps(x_t, t, Conditioning(cond)), eps)
