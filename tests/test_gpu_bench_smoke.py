@@ -73,6 +73,12 @@ def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
     assert spare["stages"]["timestep_profile"]["steps"] == 20  # the profile's 20-level grid, one pair
     assert spare["stages"]["distill"]["steps"] == 20
     assert spare["stages"]["distill"]["cuda_graphs_used"] is False  # the CPU never graphs
+    for name in ("saliency", "distill"):  # what comes before the first step, in the order it happens
+        stage = spare["stages"][name]
+        marks = stage["marks_s"]
+        assert list(marks) == ["model_loaded", "prompts_encoded", "first_grad_pass"], (name, marks)
+        assert 0 < marks["model_loaded"] <= marks["prompts_encoded"] <= marks["first_grad_pass"] \
+            <= stage["before_first_step_s"], (name, marks)
     assert spare["adapter"]["bytes"] > 0 and spare["adapter"]["layers"] > 0
     assert spare["erase_s"] >= sum(s["wall_s"] for s in spare["stages"].values())
     for key in ("peak_allocated_gib", "peak_reserved_gib"):

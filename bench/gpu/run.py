@@ -29,6 +29,7 @@ short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -184,6 +185,37 @@ class Stage:
         # more: which step set the stage's peak (distill: eager warm-up steps 1-3, the capture at step 4),
         # where max_memory_reserved alone says only how high.
         self.reserved_growth: list[list[float]] = []
+        self.marks: dict[str, float] = {}  # seconds from the stage's start; see `denoiser`
+
+    @contextlib.contextmanager
+    def denoiser(self, entered):
+        """`entered` (an engine_denoiser context) with marks of what comes before the first step: the model
+        loaded, the prompts encoded (end of the first encode), and the first pass with gradients (the data-free
+        latents are done; saliency's first sample, distill's first step). Each mark syncs the device once."""
+        def mark(name: str) -> None:
+            if name not in self.marks:
+                sync()
+                self.marks[name] = time.perf_counter() - self.started
+
+        with entered as denoiser:
+            mark("model_loaded")
+            encode, predict = denoiser.encode_prompts, denoiser.predict_eps
+
+            def encode_prompts(prompts):
+                conds = encode(prompts)
+                mark("prompts_encoded")
+                return conds
+
+            def predict_eps(x_t, t, cond):
+                if torch.is_grad_enabled():
+                    mark("first_grad_pass")
+                return predict(x_t, t, cond)
+
+            denoiser.encode_prompts, denoiser.predict_eps = encode_prompts, predict_eps
+            try:
+                yield denoiser
+            finally:
+                del denoiser.encode_prompts, denoiser.predict_eps
 
     def __enter__(self):
         free_memory()
@@ -231,6 +263,8 @@ class Stage:
         })
         if self.reserved_growth:
             self.record["reserved_growth"] = self.reserved_growth
+        if self.marks:
+            self.record["marks_s"] = self.marks
         if kind is not None:
             self.record["error"] = f"{kind.__name__}: {error}"
         return False
@@ -263,7 +297,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
 
     with Stage("saliency", "gradient samples", "saliency") as s:
         stages["saliency"] = s.record  # kept even if the stage fails
-        with engine_denoiser(model, clip, res) as denoiser:
+        with s.denoiser(engine_denoiser(model, clip, res)) as denoiser:
             row_fraction = loc["row_fraction"]
             saliency = compute_saliency(
                 denoiser, [TARGET], n_latents=loc["samples"], top_modules=loc["top_modules"],
@@ -275,7 +309,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
         raise ValueError(f"the Timestep Profile node's default scheme is {prof['scheme']!r}; this benchmark expects 'concept'")
     with Stage("timestep_profile", "(pair, noise level) measurements", "timestep profile") as s:
         stages["timestep_profile"] = s.record  # kept even if the stage fails
-        with engine_denoiser(model, clip, res) as denoiser:
+        with s.denoiser(engine_denoiser(model, clip, res)) as denoiser:
             profile = compute_timestep_profile(
                 denoiser, [TARGET], [SURROGATE], n_latents=prof["samples"], uniform_mix=prof["uniform_mix"],
                 seed=prof["seed"], callback=s.callback)
@@ -285,7 +319,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
                            batch_size=dis["batch_size"], seed=dis["seed"])
     with Stage("distill", "optimisation steps", "distill") as s:
         stages["distill"] = s.record  # kept even if the stage fails
-        with engine_denoiser(model, clip, res) as denoiser:
+        with s.denoiser(engine_denoiser(model, clip, res)) as denoiser:
             erasure = distill(denoiser, [TARGET], [SURROGATE], list(RETAIN), saliency, profile, config,
                               callback=s.callback)
     stages["distill"]["final_loss"] = s.losses[-1] if s.losses else None
@@ -896,6 +930,14 @@ def markdown(results: dict) -> str:
             lines += ["Distill's peak reserved memory grew at (step: GiB): "
                       + ", ".join(f"{int(step)}: {peak:.2f}" for step, _, peak in d["reserved_growth"])
                       + " (steps 1-3 eager warm-up, 4 the graph's capture when graphed).", ""]
+        marked = {stage: r["marks_s"] for stage, r in spare.get("stages", {}).items() if r.get("marks_s")}
+        if marked:
+            names = {"model_loaded": "model loaded", "prompts_encoded": "prompts encoded",
+                     "first_grad_pass": "first pass with gradients"}
+            lines += ["Before each stage's first step, seconds from its start: " + "; ".join(
+                f"{stage}: " + ", ".join(f"{names[k]} {v:.1f}" for k, v in marks.items())
+                for stage, marks in marked.items()) + " (between the prompts and the first gradient pass: the "
+                "data-free latents).", ""]
         v = spare.get("distill_checkpointed")
         if v and "wall_s" in v:
             lines += [f"Proposed change, measured here: distill with gradient checkpointing (ResBlocks + transformer "
