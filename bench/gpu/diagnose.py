@@ -108,11 +108,18 @@ def main() -> int:
         measured("saliency_fp16_ckpt_on", saliency(True, None))
         prof = measured("profile", lambda cb: _profile(engine_denoiser, model, clip, resolution, compute_timestep_profile, cb))
 
-        def distilled(only_wide_blocks=False, **changes):
+        def distilled(only_wide_blocks=False, channels_last=False, **changes):
             config = dataclasses.replace(DistillConfig(), steps=args.steps, latents_per_prompt=1, **changes)
 
             def fn(cb):
                 with engine_denoiser(model, clip, resolution) as d:
+                    if channels_last:
+                        # Latents in NHWC memory order: cuDNN's convolutions then run without converting each
+                        # input and output (the SD1.5 profile's nchwToNhwc / nhwcToNchw kernels), and attention's
+                        # "b c h w -> b (h w) c" becomes a view. The weights stay as ComfyUI holds them.
+                        inner = d.predict_eps
+                        d.predict_eps = lambda x_t, t, cond: inner(x_t.contiguous(memory_format=torch.channels_last),
+                                                                   t, cond)
                     if only_wide_blocks:
                         # Checkpoint only the transformer blocks of the lowest resolution (SDXL: 60 blocks at
                         # 1280 channels, most of the activation memory) and keep the others' activations.
@@ -129,6 +136,7 @@ def main() -> int:
         measured("distill_ckpt_on_bf16_batch1", distilled(gradient_checkpointing=True, batch_size=1))
         measured("distill_ckpt_on_bf16_batch2", distilled(gradient_checkpointing=True, batch_size=2))
         measured("distill_ckpt_wide_blocks_bf16", distilled(only_wide_blocks=True, gradient_checkpointing=True))
+        measured("distill_ckpt_on_bf16_channels_last", distilled(channels_last=True, gradient_checkpointing=True))
 
         if args.no_profiler:
             path.unlink(missing_ok=True)
