@@ -20,32 +20,39 @@ import torch
 
 from bench.gpu import checkpoints
 
-LATENT = {"sd15": (64, 768, None), "sdxl": (128, 2048, 2816)}  # latent side at the native size, context width, adm
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "unet_flops.json"
 
 
 def unet_flops(family: str) -> tuple[float, float]:
-    """(forward, input-gradient backward) FLOPs of one image at the family's native resolution."""
+    """(forward, input-gradient backward) FLOPs of one image at the family's native resolution (the nodes')."""
+    from bench.host import setup
+
+    setup()  # ComfyUI and the pack importable, as the demo-world bench has them
     import comfy.ldm.modules.attention as attention
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfyui_spare.nodes.comfy_denoiser import NATIVE_RESOLUTION
     from torch.utils.flop_counter import FlopCounterMode
 
-    # The CPU's default attention asks the allocator for free memory, which meta tensors do not have; plain
-    # scaled_dot_product_attention counts the same FLOPs.
-    attention.optimized_attention = attention.attention_pytorch
-    side, width, adm = LATENT[family]
+    config = checkpoints.UNET_CONFIGS[family]
+    side = NATIVE_RESOLUTION[checkpoints.FAMILIES[family]] // 8
     with torch.device("meta"):
-        unet = UNetModel(**checkpoints.UNET_CONFIGS[family], dtype=torch.float32, device="meta",
-                         operations=comfy.ops.disable_weight_init)
+        unet = UNetModel(**config, dtype=torch.float32, device="meta", operations=comfy.ops.disable_weight_init)
     unet.requires_grad_(False)
-    x = torch.randn(1, 4, side, side, device="meta", requires_grad=True)
-    extra = {"y": torch.randn(1, adm, device="meta")} if adm else {}
-    with FlopCounterMode(display=False) as counter:
-        out = unet(x, torch.ones(1, device="meta"), context=torch.randn(1, 77, width, device="meta"), **extra)
-    forward = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        out.sum().backward()
+    x = torch.randn(1, config["in_channels"], side, side, device="meta", requires_grad=True)
+    extra = {"y": torch.randn(1, config["adm_in_channels"], device="meta")} if config["adm_in_channels"] else {}
+    context = torch.randn(1, 77, config["context_dim"], device="meta")
+    # The CPU's default attention asks the allocator for free memory, which meta tensors do not have; plain
+    # scaled_dot_product_attention counts the same FLOPs. ComfyUI's own choice is put back afterwards.
+    chosen, attention.optimized_attention = attention.optimized_attention, attention.attention_pytorch
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = unet(x, torch.ones(1, device="meta"), context=context, **extra)
+        forward = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            out.sum().backward()
+    finally:
+        attention.optimized_attention = chosen
     return float(forward), float(counter.get_total_flops())
 
 
@@ -57,10 +64,9 @@ def main() -> int:
                         help="the card's dense bf16 peak (H100 / H200 SXM: 989)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    checkpoints._setup_comfy()
     measured = dict(item.split("=") for item in args.step_ms.split(",") if item)
     report = {"rows": args.rows, "peak_tflops": args.peak_tflops, "models": {}}
-    for family in LATENT:
+    for family in checkpoints.UNET_CONFIGS:
         forward, backward = unet_flops(family)
         step = args.rows * (3 * forward + backward)  # teacher + student + recomputation, then the backward
         rec = {"forward_tflop_per_image": forward / 1e12, "backward_tflop_per_image": backward / 1e12,
