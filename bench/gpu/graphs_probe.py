@@ -70,8 +70,7 @@ def main() -> int:
                 losses.append(loss)
 
             try:
-                if cuda:
-                    torch.cuda.empty_cache()  # the eager run's cached blocks would count in the graphed run's reserved peak
+                bench.free_memory()  # the eager run's cached blocks would count in the graphed run's reserved peak
                 bench.reset_peak()
                 with engine_denoiser(model, clip, resolution) as d, warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
