@@ -53,13 +53,14 @@ def main() -> int:
     def measured(name, fn):
         if wanted and name not in wanted:
             return None
-        ticks, peaks = [], []
+        ticks, peaks, reserved = [], [], []
 
         def callback(step, total, loss=None):
             bench.sync()
             ticks.append(time.perf_counter())
             if cuda:
                 peaks.append(torch.cuda.max_memory_allocated() / GiB)
+                reserved.append(torch.cuda.max_memory_reserved() / GiB)
                 torch.cuda.reset_peak_memory_stats()
 
         bench.free_memory()
@@ -76,6 +77,7 @@ def main() -> int:
         rec.update({"wall_s": time.perf_counter() - started, "before_first_s": ticks[0] - started if ticks else None,
                     "step_s": [round(b - a, 4) for a, b in zip(ticks, ticks[1:])],
                     "peak_gib_per_step": [round(p, 2) for p in peaks],
+                    "reserved_gib_per_step": [round(r, 2) for r in reserved],
                     "peak_gib_tail": torch.cuda.max_memory_allocated() / GiB if cuda else None})
         report["runs"][name] = rec
         print(name, json.dumps({k: v for k, v in rec.items() if k != "traceback"}), flush=True)
@@ -86,9 +88,11 @@ def main() -> int:
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
         target, surrogate, retain = bench.TARGET, bench.SURROGATE, list(bench.RETAIN)
 
-        def saliency(checkpointing, precision="auto"):
+        def saliency(checkpointing, precision="auto", bf16_compute=False):
             def fn(cb):
                 with engine_denoiser(model, clip, resolution) as d:
+                    if bf16_compute:
+                        d.dtype = torch.bfloat16  # see bf16_compute in distilled()
                     return compute_saliency(d, [target], n_latents=1, samples_per_latent=3, seed=0,
                                             gradient_checkpointing=checkpointing, autocast_dtype=precision, callback=cb)
             return fn
@@ -106,13 +110,21 @@ def main() -> int:
         sal = measured("saliency_ckpt_on", saliency(True))
         measured("saliency_ckpt_off", saliency(False))
         measured("saliency_fp16_ckpt_on", saliency(True, None))
+        measured("saliency_bf16_compute_ckpt_on", saliency(True, None, bf16_compute=True))
         prof = measured("profile", lambda cb: _profile(engine_denoiser, model, clip, resolution, compute_timestep_profile, cb))
 
-        def distilled(only_wide_blocks=False, channels_last=False, **changes):
+        def distilled(only_wide_blocks=False, channels_last=False, bf16_compute=False, **changes):
             config = dataclasses.replace(DistillConfig(), steps=args.steps, latents_per_prompt=1, **changes)
 
             def fn(cb):
                 with engine_denoiser(model, clip, resolution) as d:
+                    if bf16_compute:
+                        # The network fed bf16 with autocast off (run it with autocast_dtype=None): ComfyUI's layers
+                        # cast each weight to their input's dtype, so every layer, norms included, runs in bf16, as
+                        # in ComfyUI's own bf16 inference. Under autocast, each norm's output is fp32; the next
+                        # layer then casts its fp16 weight to fp32 and autocast casts both to bf16 again (the casts
+                        # and copies in the profiles). The adapters still compute in fp32 (LoraAdapter.forward).
+                        d.dtype = torch.bfloat16
                     if channels_last:
                         # Latents in NHWC memory order: cuDNN's convolutions then run without converting each
                         # input and output (the SD1.5 profile's nchwToNhwc / nhwcToNchw kernels), and attention's
@@ -137,6 +149,8 @@ def main() -> int:
         measured("distill_ckpt_on_bf16_batch2", distilled(gradient_checkpointing=True, batch_size=2))
         measured("distill_ckpt_wide_blocks_bf16", distilled(only_wide_blocks=True, gradient_checkpointing=True))
         measured("distill_ckpt_on_bf16_channels_last", distilled(channels_last=True, gradient_checkpointing=True))
+        measured("distill_ckpt_on_bf16_compute", distilled(bf16_compute=True, gradient_checkpointing=True,
+                                                           autocast_dtype=None))
 
         if args.no_profiler:
             path.unlink(missing_ok=True)
