@@ -87,9 +87,9 @@ class Denoiser(Protocol):
         ...
 
 
-# Both read the host's weights through a copy (clone) made in inference mode, never a view or detach
+# Both read the host's weights through a copy (clone, torch.take) made in inference mode, never a view or detach
 # of the weight itself: weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA:
-# "Inference tensors do not track version counter"), even in inference mode; this combination ran there.
+# "Inference tensors do not track version counter"), even in inference mode; the clone ran there.
 @torch.inference_mode()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
@@ -99,10 +99,12 @@ def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """
     digest = hashlib.sha256()
     for name, param in module.named_parameters():
-        flat = param.clone(memory_format=torch.contiguous_format).reshape(-1)
-        stride = max(1, flat.numel() // samples_per_tensor)
+        # torch.take copies just the sampled values, in the order a flattened copy lists them (cloning every
+        # weight to read 64 values of each took 0.43-0.75 s per call on an SD1.5 UNet on a 2-core CPU, 0.01 s so).
+        stride = max(1, param.numel() // samples_per_tensor)
+        index = torch.arange(0, param.numel(), stride, device=param.device)[:samples_per_tensor]
         digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
-        digest.update(_raw_bytes(flat[::stride][:samples_per_tensor]))
+        digest.update(_raw_bytes(torch.take(param, index)))
     return digest.hexdigest()
 
 

@@ -73,6 +73,15 @@ def test_fingerprint_and_hash_see_weight_changes():
     assert model_fingerprint(a) != model_fingerprint(TinyDenoiser(seed=0).module.to(torch.bfloat16))
 
 
+def test_fingerprint_reads_weights_in_logical_order_whatever_their_memory_layout():
+    a, b = TinyDenoiser(seed=0).module, TinyDenoiser(seed=0).module
+    weight = b.diffusion_model.to_k.weight
+    # The same values, held transposed in memory: a fingerprint sampling storage order would differ.
+    b.diffusion_model.to_k.weight = torch.nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=False)
+    assert not b.diffusion_model.to_k.weight.is_contiguous()
+    assert model_fingerprint(a) == model_fingerprint(b)
+
+
 class Oracle:
     """Knows the one clean latent x0*: predicts the exact eps, so DDIM must land on x0*."""
 
