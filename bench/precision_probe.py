@@ -2,7 +2,7 @@
 the engine computes in bf16 (autocast: matmuls and convolutions in bf16, norms in fp32). This probe erases each
 target twice at the defaults, seed 0, with the engine_check's prompts and evaluation: once in fp32, once with the
 whole network fed bf16 (every layer, norms included, in bf16: ComfyUI's layers cast their weights to their input's
-dtype; the adapters stay fp32), which is coarser than the GPU's autocast. Both LoRAs are judged the same way,
+dtype, and so do the adapters, whose weights stay fp32), which is coarser than the GPU's autocast. Both LoRAs are judged the same way,
 applied to the fp32 model. A bf16 erasure that scores as the fp32 one says bf16 is safe for the quality; the seeds'
 spread in `engine_check.md` says how much one erasure moves by chance.
 
@@ -85,7 +85,7 @@ def markdown(result: dict) -> str:
              "SPARE at its defaults (`SpareConfig()`), seed 0, the engine check's prompts and evaluation (every object x "
              "style pair, seeds 0 and 1, 288 images, judged with the LoRA on the fp32 model). fp32: as every demo-world "
              "figure. bf16: the whole network fed bf16 during the erasure (data-free latents, saliency, timestep "
-             "profile, distillation), norms included; the adapters in fp32. "
+             "profile, distillation), norms and the adapters' products included (their weights fp32). "
              f"Machine: {result['machine']}; {result.get('minutes', 0):.1f} min; host weights unchanged: "
              f"{result.get('host_weights_unchanged')}.", "",
              "| target | surrogate | mode | UA | IRA | CRA | erase (s) | final loss | layers adapted (fp32, bf16, both) "

@@ -81,14 +81,20 @@ class LoraAdapter(nn.Module):
         return self._mask_rows(self.up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Under autocast the products run in its dtype whatever x's is (so a cast here would only
-        # cost a copy of the activation); without it, in the adapter's own precision.
+        # Under autocast the products run in its dtype whatever x's is. Without it they run in the lower of
+        # x's and the adapter's precision, casting the side that is not the activation where possible: a
+        # network fed bf16 casts the small adapter weights (as autocast would), an fp32 adapter on an fp32
+        # network casts nothing, and a higher-precision x is cast down to the adapter's dtype.
+        down, up = self.down, self.up
         if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.down.dtype)
+            if x.element_size() < down.element_size():
+                down, up = down.to(x.dtype), up.to(x.dtype)
+            else:
+                x = x.to(down.dtype)
         if self.conv_args is None:
-            delta = F.linear(F.linear(x, self.down), self.up)
+            delta = F.linear(F.linear(x, down), up)
         else:
-            delta = F.conv2d(F.conv2d(x, self.down, **self.conv_args), self.up)
+            delta = F.conv2d(F.conv2d(x, down, **self.conv_args), up)
         return delta if self.scale == 1.0 else self.scale * delta  # scale 1 (alpha = rank) is the default
 
 

@@ -123,7 +123,8 @@ def main() -> int:
                         # cast each weight to their input's dtype, so every layer, norms included, runs in bf16, as
                         # in ComfyUI's own bf16 inference. Under autocast, each norm's output is fp32; the next
                         # layer then casts its fp16 weight to fp32 and autocast casts both to bf16 again (the casts
-                        # and copies in the profiles). The adapters still compute in fp32 (LoraAdapter.forward).
+                        # and copies in the profiles). The adapters then cast their own small weights to bf16
+                        # (LoraAdapter.forward), as autocast does. Quality: bench/results/precision_probe.md.
                         d.dtype = torch.bfloat16
                     if channels_last:
                         # Latents in NHWC memory order: cuDNN's convolutions then run without converting each

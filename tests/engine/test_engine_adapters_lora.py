@@ -76,6 +76,28 @@ def test_a_rank_that_is_not_a_positive_integer_is_refused(denoiser, rank):
         LoraAdapter(denoiser.adaptable_modules()["diffusion_model.to_k"], rank, 1.0, name="diffusion_model.to_k")
 
 
+@pytest.mark.parametrize("layer", [torch.nn.Linear(6, 5), torch.nn.Conv2d(3, 5, 3, padding=1)])
+def test_on_a_network_fed_bf16_the_adapter_computes_in_bf16_and_trains_its_fp32_weights(layer):
+    adapter = LoraAdapter(layer, rank=2, alpha=2.0, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        adapter.up.normal_(generator=torch.Generator().manual_seed(1))
+    x = torch.randn(4, 6) if isinstance(layer, torch.nn.Linear) else torch.randn(4, 3, 5, 5)
+    x = x.to(torch.bfloat16)
+    delta = adapter(x)
+    # The products ran in bf16 on the bf16 activation, as under autocast: the adapter's weights were cast, not x.
+    down, up = adapter.down.to(torch.bfloat16), adapter.up.to(torch.bfloat16)
+    if isinstance(layer, torch.nn.Linear):
+        expected = torch.nn.functional.linear(torch.nn.functional.linear(x, down), up)
+    else:
+        expected = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, padding=1), up)
+    assert delta.dtype == torch.bfloat16 and torch.equal(delta, expected)
+    delta.float().square().sum().backward()
+    assert adapter.down.dtype == adapter.up.dtype == torch.float32
+    assert adapter.down.grad is not None and adapter.down.grad.abs().sum() > 0 and adapter.up.grad.abs().sum() > 0
+    # On an fp32 network nothing is cast: the products run in fp32.
+    assert adapter(x.float()).dtype == torch.float32
+
+
 def test_only_linear_and_conv_layers_are_adapted():
     with pytest.raises(ValueError, match="only Linear and Conv2d"):
         LoraAdapter(torch.nn.LayerNorm(4), 1, 1.0)
