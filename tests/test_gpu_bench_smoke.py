@@ -158,6 +158,25 @@ def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
     assert "graphed" not in report and "speedup" not in report
 
 
+def test_diagnose_runs_its_variants_on_the_cpu(tmp_path):
+    """bench/gpu/diagnose.py, which a GPU session runs in one call: each variant it would run there, on the tiny SD1.5."""
+    variants = ["saliency_ckpt_on", "saliency_bf16_compute_ckpt_on", "profile", "distill_ckpt_on_bf16",
+                "distill_ckpt_on_bf16_channels_last", "distill_ckpt_on_bf16_compute"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu.diagnose", "--tiny", "--family", "sd15", "--steps", "3", "--no-profiler",
+         "--only", ",".join(variants), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    runs = json.loads((tmp_path / "diagnose_sd15.json").read_text())["runs"]
+    assert sorted(runs) == sorted(variants)
+    for name, run in runs.items():
+        assert "error" not in run, (name, run.get("traceback"))
+    for name in variants:
+        if name.startswith("distill"):
+            assert len(runs[name]["step_s"]) == 2, (name, runs[name])  # 3 steps: 2 intervals after the first
+
+
 def test_unet_flops_are_counted_on_meta_tensors():
     # bench/gpu/flops.py: ComfyUI's SD1.5 UNet at 512 px, counted without memory: 0.80 TFLOP per forward, of which
     # convolutions 55%, linear layers 29%, attention 16%. A counter that missed any one kind of op falls below
