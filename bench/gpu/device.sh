@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine, in the repo root (the device tool's `run`, with carry [".gpu"]):
 #   bash bench/gpu/device.sh --models sd15 --profile
+#   bash bench/gpu/device.sh diagnose --family sdxl --only ...     (or graphs_probe: another of bench/gpu's tools)
 # Installs the carried wheels (.gpu/wheels, made by bench/gpu/prepare.py), uses the carried ComfyUI
-# (.gpu/ComfyUI), stubs PyAV when it is missing, and runs bench/gpu/run.py with the given arguments;
-# results, profiles and the log go to $OUT (what the tool brings back).
+# (.gpu/ComfyUI), stubs PyAV when it is missing, and runs bench/gpu/run.py (or the named tool) with the
+# given arguments; results, profiles and the log go to $OUT (what the tool brings back).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/bench/results}"
@@ -17,5 +18,9 @@ export SPARE_COMFYUI_DIR="$PWD/.gpu/ComfyUI" SPARE_COMFYUI_PYTHON="$(command -v 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 set +e  # the log is filtered (no progress-bar lines) and kept; the exit status is the benchmark's
-"$PY" -m bench.gpu.run --out "$OUT" "$@" 2>&1 | tr '\r' '\n' | grep --line-buffered -v -e '^\[SPARE\]' -e '^[[:space:]]*$' | tee "$OUT/gpu_bench.log"
+TOOL=run
+case "${1:-}" in diagnose|graphs_probe) TOOL="$1"; shift ;; esac
+LOG="$OUT/gpu_bench.log"
+[ "$TOOL" = run ] || LOG="$OUT/gpu_$TOOL.log"
+"$PY" -m "bench.gpu.$TOOL" --out "$OUT" "$@" 2>&1 | tr '\r' '\n' | grep --line-buffered -v -e '^\[SPARE\]' -e '^[[:space:]]*$' | tee "$LOG"
 exit "${PIPESTATUS[0]}"
