@@ -79,6 +79,9 @@ def main() -> int:
                     "peak_gib_per_step": [round(p, 2) for p in peaks],
                     "reserved_gib_per_step": [round(r, 2) for r in reserved],
                     "peak_gib_tail": torch.cuda.max_memory_allocated() / GiB if cuda else None})
+        config = getattr(result, "metadata", {}).get("config", {})
+        if "cuda_graphs" in config:
+            rec["cuda_graphs_used"] = config["cuda_graphs"]  # False where a capture failed and the steps ran eagerly
         report["runs"][name] = rec
         print(name, json.dumps({k: v for k, v in rec.items() if k != "traceback"}), flush=True)
         save()
