@@ -39,12 +39,19 @@ def sample_ddim(
     timesteps = torch.linspace(len(ab) - 1, 0, steps).round().long().tolist()
     x = torch.randn((batch, *denoiser.latent_shape), generator=generator, device=generator.device)
     x = x.to(device=denoiser.device, dtype=torch.float32)
-    # Conditional and unconditional rows go through the network as one batch.
-    both = Conditioning.cat([cond, uncond.repeat(batch)])
+    # A row conditioned on the unconditional prompt itself (the empty prompt, always retained) has nothing to
+    # guide: its unconditional twin would repeat its own pass. The other rows and their twins go through the
+    # network as one batch.
+    guided = torch.tensor([not all(torch.equal(cond.tensors[k][row], uncond.tensors[k][0]) for k in cond.tensors)
+                           for row in range(batch)], device=denoiser.device)
+    twins = int(guided.sum())
+    both = Conditioning.cat([cond, uncond.repeat(twins)])
     for i, t in enumerate(timesteps):
-        t_batch = torch.full((2 * batch,), t, dtype=torch.long, device=denoiser.device)
-        eps_cond, eps_uncond = denoiser.predict_eps(torch.cat([x, x]), t_batch, both).float().chunk(2)
-        eps = eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+        t_batch = torch.full((batch + twins,), t, dtype=torch.long, device=denoiser.device)
+        eps_all = denoiser.predict_eps(torch.cat([x, x[guided]]), t_batch, both).float()
+        eps_cond, eps_uncond = eps_all[:batch], eps_all[batch:]
+        eps = eps_cond.clone()
+        eps[guided] = eps_uncond + cfg_scale * (eps_cond[guided] - eps_uncond)
         x0 = (x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
         ab_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones((), device=ab.device)
         x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps

@@ -116,6 +116,28 @@ def test_ddim_is_deterministic_and_add_noise_follows_ddpm(denoiser):
     assert torch.allclose(add_noise(denoiser.alphas_cumprod, x0, t, eps), ab.sqrt() * x0 + (1 - ab).sqrt() * eps)
 
 
+def test_rows_of_the_unconditional_prompt_sample_without_a_guidance_twin(denoiser):
+    conds = denoiser.encode_prompts(["a cat", ""])
+    cond, uncond = conds.select([0, 1, 1]), conds.select([1])
+    batches = []
+    inner = denoiser.predict_eps
+
+    def counted(x_t, t, c):
+        batches.append(len(x_t))
+        return inner(x_t, t, c)
+
+    denoiser.predict_eps = counted
+    try:
+        runs = {scale: sample_ddim(denoiser, cond, uncond, steps=4, cfg_scale=scale,
+                                   generator=torch.Generator().manual_seed(2)) for scale in (3.0, 9.0)}
+    finally:
+        del denoiser.predict_eps
+    assert batches == [3 + 1] * 8  # the cat row's twin only
+    # Guidance moves the cat row and cannot move the empty prompt's rows, which it never touched.
+    assert not torch.equal(runs[3.0][0], runs[9.0][0])
+    assert torch.equal(runs[3.0][1:], runs[9.0][1:])
+
+
 class ViewlessWeight(torch.Tensor):
     """A host weight that refuses views and detach, as ComfyUI-loaded weights did on an H200
     (torch 2.11 + CUDA: "Inference tensors do not track version counter", even in inference mode)."""
