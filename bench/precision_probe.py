@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 import torch
 
 from bench.engine_check import DEFAULT_TARGETS
-from bench.run import PROFILES, RESULTS, Bench, eval_items
+from bench.run import PROFILES, RESULTS, Bench
 
 MODES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -47,23 +47,22 @@ def run(targets: list[str], name: str, threads: int) -> dict:
               "created": time.strftime("%Y-%m-%d %H:%M"), "rows": []}
     for target in targets:
         task = bench.task([target])  # a style's surrogate ranking runs here, in fp32 for both modes
-        items = eval_items(task.domain, task.concepts, profile)
         states = {}
         for mode, dtype in MODES.items():
             compute_dtype["value"] = dtype
             bench.engine_denoiser = denoiser_in_compute_dtype
             try:
-                run = bench.erase("SPARE", spare.SpareConfig(), task)
+                erased = bench.erase("SPARE", spare.SpareConfig(), task)
             finally:
                 bench.engine_denoiser = engine_denoiser
-            scores, eval_seconds = bench.evaluate(run["state"], 1.0, task)
-            states[mode] = run["state"]
+            scores, eval_seconds = bench.evaluate(erased["state"], 1.0, task)
+            states[mode] = erased["state"]
             result["rows"].append({"target": target, "domain": task.domain, "surrogate": task.surrogate_concepts[0],
-                                   "mode": mode, **scores, "seconds": run["seconds"],
-                                   "stage_seconds": run["info"]["stage_seconds"], "eval_seconds": eval_seconds,
-                                   "final_loss": run["final_loss"]})
+                                   "mode": mode, **scores, "seconds": erased["seconds"],
+                                   "stage_seconds": erased["info"]["stage_seconds"], "eval_seconds": eval_seconds,
+                                   "final_loss": erased["final_loss"]})
             bench.log(f"[{bench.minutes():5.1f} min] {target:14s} {mode}: "
-                      + " ".join(f"{m}={scores[m]:.3f}" for m in ("UA", "IRA", "CRA")) + f"  erase {run['seconds']:.1f}s")
+                      + " ".join(f"{m}={scores[m]:.3f}" for m in ("UA", "IRA", "CRA")) + f"  erase {erased['seconds']:.1f}s")
         # Saliency in bf16 may choose other layers; the weights are compared where both have them.
         layers = {mode: {k.rsplit(".", 2)[0] for k in state if k.endswith(".lora_down.weight")} for mode, state in states.items()}
         shared = [k for k in states["fp32"] if k.endswith(".weight") and k in states["bf16"]]
