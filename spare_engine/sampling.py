@@ -41,17 +41,17 @@ def sample_ddim(
     x = x.to(device=denoiser.device, dtype=torch.float32)
     # A row conditioned on the unconditional prompt itself (the empty prompt, always retained) has nothing to
     # guide: its unconditional twin would repeat its own pass. The other rows and their twins go through the
-    # network as one batch.
-    guided = torch.tensor([not all(torch.equal(cond.tensors[k][row], uncond.tensors[k][0]) for k in cond.tensors)
-                           for row in range(batch)], device=denoiser.device)
-    twins = int(guided.sum())
-    both = Conditioning.cat([cond, uncond.repeat(twins)])
+    # network as one batch. An index (not a boolean mask, whose use syncs with the device) picks the guided rows.
+    guided = torch.tensor([row for row in range(batch) if not all(
+        torch.equal(cond.tensors[k][row], uncond.tensors[k][0]) for k in cond.tensors)], dtype=torch.long)
+    guided = guided.to(denoiser.device)
+    both = Conditioning.cat([cond, uncond.repeat(len(guided))])
     for i, t in enumerate(timesteps):
-        t_batch = torch.full((batch + twins,), t, dtype=torch.long, device=denoiser.device)
-        eps_all = denoiser.predict_eps(torch.cat([x, x[guided]]), t_batch, both).float()
+        t_batch = torch.full((batch + len(guided),), t, dtype=torch.long, device=denoiser.device)
+        eps_all = denoiser.predict_eps(torch.cat([x, x.index_select(0, guided)]), t_batch, both).float()
         eps_cond, eps_uncond = eps_all[:batch], eps_all[batch:]
-        eps = eps_cond.clone()
-        eps[guided] = eps_uncond + cfg_scale * (eps_cond[guided] - eps_uncond)
+        guided_eps = eps_uncond + cfg_scale * (eps_cond.index_select(0, guided) - eps_uncond)
+        eps = eps_cond.index_copy(0, guided, guided_eps)
         x0 = (x - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
         ab_prev = ab[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones((), device=ab.device)
         x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
