@@ -17,6 +17,7 @@ from ..spare_engine.denoiser import Conditioning
 
 # Pixel resolution each model family was trained at; erasure data is generated there.
 NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "DemoModelConfig": 128}
+SD2_V_RESOLUTION = 768  # SD2.x's v-prediction checkpoints (768-v) were trained at 768 px, its eps ones at 512
 
 
 def _frozen_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -33,24 +34,44 @@ def model_family(model) -> str:
     return type(model.model.model_config).__name__
 
 
+def prediction_type(sampling) -> str:
+    """What the network outputs, lower-case: the name of the class that gives ComfyUI's sampling
+    object its `calculate_denoised` (EPS, V_PREDICTION, X0, EDM, CONST, LCM, ...)."""
+    defining = next((c for c in type(sampling).__mro__ if "calculate_denoised" in vars(c)), type(sampling))
+    return defining.__name__.lower()
+
+
+def native_resolution(model) -> int:
+    family = model_family(model)
+    if family == "SD20" and prediction_type(model.get_model_object("model_sampling")) == "v_prediction":
+        return SD2_V_RESOLUTION
+    return NATIVE_RESOLUTION.get(family, 512)
+
+
 class ComfyDenoiser:
-    """eps-prediction view of a ComfyUI UNet model (SD1.x, SDXL, the demo model)."""
+    """eps-prediction view of a ComfyUI UNet model (SD1.x, SD2.x, SDXL, the demo model).
+
+    Networks that predict v (SD2.x 768-v, v-prediction SDXL checkpoints, a MODEL patched by
+    ModelSamplingDiscrete) are seen through eps = sqrt(ab_t) v + sqrt(1 - ab_t) x_t, exact for
+    v = sqrt(ab_t) eps - sqrt(1 - ab_t) x_0; the engine's losses and sampling stay in eps.
+    """
 
     def __init__(self, model, clip, resolution: int | None = None):
         family = model_family(model)
         # The sampling object as patched onto this MODEL (e.g. by a ModelSamplingDiscrete node).
         sampling = model.get_model_object("model_sampling")
-        eps_prediction = isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
-            sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0))
+        prediction = prediction_type(sampling)
         discrete = isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not isinstance(
             sampling, comfy.model_sampling.ModelSamplingDiscreteEDM) and len(sampling.sigmas) == 1000
-        if not (eps_prediction and discrete):
+        if prediction not in ("eps", "v_prediction") or not discrete:
             raise ValueError(
-                f"model: {family} with {type(sampling).__name__} sampling is not supported; SPARE needs an "
-                "eps-prediction UNet on a discrete 1000-step schedule (SD1.x, SDXL, the SPARE demo model)."
+                f"model: {family} with {type(sampling).__name__} sampling ({prediction} prediction, "
+                f"{len(sampling.sigmas)} noise levels) is not supported; SPARE needs a UNet that predicts eps "
+                "or v on a discrete 1000-step schedule (SD1.x, SD2.x, SDXL, the SPARE demo model)."
             )
         if not hasattr(model.model, "diffusion_model") or not hasattr(model.model.diffusion_model, "input_blocks"):
-            raise ValueError(f"model: {family} is not supported; SPARE needs a UNet (SD1.x, SDXL, the demo model).")
+            raise ValueError(
+                f"model: {family} is not supported; SPARE needs a UNet (SD1.x, SD2.x, SDXL, the demo model).")
         if clip is None:
             raise ValueError("clip: this checkpoint has no text encoder; connect a CLIP.")
 
@@ -59,12 +80,14 @@ class ComfyDenoiser:
             self.patcher.add_weight_wrapper(f"diffusion_model.{name}", _frozen_weight)
         self.clip = clip
         self.module: nn.Module = self.patcher.model
-        resolution = resolution or NATIVE_RESOLUTION.get(family, 512)
+        resolution = resolution or native_resolution(model)
         latent_format = self.patcher.model.latent_format
         self.latent_shape = (latent_format.latent_channels, resolution // 8, resolution // 8)
         self.resolution = resolution
         self.alphas_cumprod = (1.0 / (1.0 + sampling.sigmas.float() ** 2)).cpu()
         self.device = comfy.model_management.get_torch_device()
+        # Kept on the device once: the v -> eps conversion indexes it inside captured CUDA graphs.
+        self._alphas_cumprod_on_device = self.alphas_cumprod.to(self.device) if prediction == "v_prediction" else None
         base = self.patcher.model
         self.dtype = base.manual_cast_dtype or base.get_dtype()
 
@@ -81,10 +104,14 @@ class ComfyDenoiser:
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         extra = {"y": cond.tensors["y"].to(self.dtype)} if "y" in cond.tensors else {}
-        eps = self.patcher.model.diffusion_model(
-            x_t.to(self.dtype), t.to(self.device).float(), context=cond.tensors["context"].to(self.dtype), **extra
-        )
-        return eps.float()
+        t = t.to(self.device)
+        out = self.patcher.model.diffusion_model(
+            x_t.to(self.dtype), t.float(), context=cond.tensors["context"].to(self.dtype), **extra
+        ).float()
+        if self._alphas_cumprod_on_device is None:
+            return out
+        ab = self._alphas_cumprod_on_device[t].view(-1, *[1] * (out.dim() - 1))
+        return ab.sqrt() * out + (1 - ab).sqrt() * x_t.float()
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         contexts, ys = [], []

@@ -4,7 +4,7 @@ import comfy.sample
 from comfy_api.latest import io
 
 from . import plots
-from .comfy_denoiser import NATIVE_RESOLUTION, model_family
+from .comfy_denoiser import native_resolution
 from .prompts import prompt_lines
 
 
@@ -57,7 +57,7 @@ class ErasureCompare(io.ComfyNode):
         prompt_list = prompt_lines(prompts)
         if not prompt_list:
             raise ValueError("prompts is empty: write at least one prompt, one per line.")
-        size = size or NATIVE_RESOLUTION.get(model_family(model), 512)
+        size = size or native_resolution(model)
         # Each prompt is encoded once and serves both models.
         positives = [_condition(clip, p) for p in prompt_list]
         negative = _condition(clip, "")

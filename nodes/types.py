@@ -10,5 +10,5 @@ def resolution_input() -> io.Int.Input:
     return io.Int.Input(
         "resolution", default=0, min=0, max=4096, step=8,
         tooltip="Image size the engine generates its training latents at; 0 = the model's native size "
-        "(512 for SD1.x, 1024 for SDXL, 128 for the demo model).",
+        "(512 for SD1.x and SD2.x base, 768 for SD2.x 768-v, 1024 for SDXL, 128 for the demo model).",
     )

@@ -23,9 +23,15 @@ def denoiser_cls(pack):
     return comfyui_spare.nodes.comfy_denoiser.ComfyDenoiser
 
 
-def test_eps_matches_comfyui_own_denoising(sd15, denoiser_cls):
+@pytest.mark.parametrize("sampling, zsnr", [("eps", False), ("v_prediction", False), ("v_prediction", True)])
+def test_eps_matches_comfyui_own_denoising(sd15, denoiser_cls, sampling, zsnr):
+    """What the engine trains on, eps, agrees with the x0 ComfyUI's samplers get from the same network,
+    for the predictions SPARE supports, set as a user sets them (ModelSamplingDiscrete)."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
     model, clip = sd15
-    d = denoiser_cls(model, clip, resolution=64)
+    (patched,) = ModelSamplingDiscrete().patch(model, sampling, zsnr)
+    d = denoiser_cls(patched, clip, resolution=64)
     d.load()
     cond = d.encode_prompts(["a red circle", "a blue square"])
     assert cond.tensors["context"].shape == (2, 77, 768)
@@ -38,11 +44,54 @@ def test_eps_matches_comfyui_own_denoising(sd15, denoiser_cls):
     with torch.no_grad():
         ours = d.predict_eps(x_t, t, cond)
         # ComfyUI's own path: k-diffusion scaling, sigma in, denoised x0 out.
-        sigma = d.patcher.model.model_sampling.sigmas[t]
+        model_sampling = d.patcher.model.model_sampling
+        assert type(model_sampling) is type(patched.get_model_object("model_sampling"))
+        sigma = model_sampling.sigmas[t]
         x_k = x_t / ab.sqrt()
         denoised = d.patcher.model.apply_model(x_k, sigma, c_crossattn=cond.tensors["context"])
         theirs = (x_k - denoised) / sigma.view(-1, 1, 1, 1)
+        raw = d.patcher.model.diffusion_model(x_t, t.float(), context=cond.tensors["context"])
     torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+    # The network's raw output is eps only for an eps model: the v conversion is not a no-op.
+    assert torch.allclose(raw, ours, atol=1e-3) == (sampling == "eps")
+
+
+@pytest.mark.parametrize("sampling", ["x0", "lcm"])
+def test_other_predictions_are_refused_by_name(sd15, denoiser_cls, sampling):
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    model, clip = sd15
+    (patched,) = ModelSamplingDiscrete().patch(model, sampling, False)
+    expected = {"x0": r"x0 prediction, 1000 noise levels", "lcm": r"lcm prediction, 50 noise levels"}[sampling]
+    with pytest.raises(ValueError, match=rf"model: SD15 with ModelSamplingAdvanced sampling \({expected}\) is not "
+                                         r"supported; SPARE needs a UNet that predicts eps or v"):
+        denoiser_cls(patched, clip, resolution=64)
+
+
+@pytest.mark.parametrize("norm_std, prediction, resolution", [(0.0, "eps", 512), (1.0, "v_prediction", 768)])
+def test_sd2_prediction_is_read_from_its_weights_and_sets_the_native_size(sd15, denoiser_cls, norm_std, prediction,
+                                                                           resolution):
+    """SD2.x checkpoints say v-prediction only through their weights (ComfyUI's SD20.model_type looks at one
+    norm's spread): the 768-v ones are sampled at 768 px, the 512 base at 512."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    from comfyui_spare.nodes.comfy_denoiser import prediction_type
+
+    _, clip = sd15
+    config = comfy.supported_models.SD20({
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1],
+        "channel_mult": (1,), "transformer_depth": [1], "transformer_depth_output": [1, 1],
+        "transformer_depth_middle": 1, "context_dim": 768, "adm_in_channels": None, "use_spatial_transformer": True,
+        "use_linear_in_transformer": True, "legacy": False, "use_temporal_attention": False,
+        "use_temporal_resblock": False})
+    norm_bias = torch.randn(320, generator=torch.Generator().manual_seed(0)) * norm_std
+    with torch.inference_mode():
+        base = config.get_model({"output_blocks.11.1.transformer_blocks.0.norm1.bias": norm_bias})
+    model = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                             offload_device=comfy.model_management.unet_offload_device())
+    assert prediction_type(model.get_model_object("model_sampling")) == prediction
+    d = denoiser_cls(model, clip)
+    assert d.resolution == resolution and d.latent_shape == (4, resolution // 8, resolution // 8)
 
 
 def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):

@@ -28,25 +28,38 @@ TINY_SDXL_UNET = {
 TARGET, SURROGATE, RETAIN = "a photo of a parachute", "a photo of the sky", "a photo of a church"
 
 
-@pytest.fixture(scope="module")
-def sdxl():
+def tiny_sdxl_model(checkpoint_markers: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPatcher:
+    """The tiny SDXL UNet as ComfyUI builds it from a checkpoint holding these marker keys
+    (a v-prediction SDXL checkpoint holds "v_pred", and "ztsnr" when trained for zero terminal SNR)."""
     mm = comfy.model_management
     model_config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET))
     model_config.set_inference_dtype(torch.float32, None)
     with torch.inference_mode():  # as ComfyUI's executor loads models
-        base = model_config.get_model({})
+        base = model_config.get_model(checkpoint_markers)
         tiny_checkpoints.fill_(base.diffusion_model, seed=0)
-        model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                                 offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    model = tiny_sdxl_model({})
+    model_config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET))
+    with torch.inference_mode():
         clip = comfy.sd.CLIP(model_config.clip_target(), parameters=0)
         tiny_checkpoints.fill_(clip.cond_stage_model, seed=1)
     return model, clip
 
 
-def test_sdxl_conditioning_reaches_the_unet_as_comfyui_passes_it(sdxl, pack):
-    from comfyui_spare.nodes.comfy_denoiser import ComfyDenoiser
+@pytest.mark.parametrize("markers, prediction", [
+    ({}, "eps"), ({"v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, "v_prediction")])
+def test_sdxl_conditioning_reaches_the_unet_as_comfyui_passes_it(sdxl, pack, markers, prediction):
+    from comfyui_spare.nodes.comfy_denoiser import ComfyDenoiser, prediction_type
 
-    model, clip = sdxl
+    _, clip = sdxl
+    model = tiny_sdxl_model(markers)
+    sampling = model.get_model_object("model_sampling")
+    assert prediction_type(sampling) == prediction and sampling.zsnr == bool(markers)
     d = ComfyDenoiser(model, clip, resolution=64)
     d.load()
     try:

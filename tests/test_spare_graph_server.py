@@ -5,6 +5,8 @@ import time
 import numpy as np
 import pytest
 import safetensors
+import safetensors.torch
+import torch
 
 from comfy_server import error_message
 
@@ -161,10 +163,26 @@ def test_saliency_from_another_model_is_refused(comfy_server, erased):
     assert "saliency: saliency map was computed on model" in error_message(entry)
 
 
-def test_a_v_prediction_model_is_refused_by_name(comfy_server):
-    wf = spare_workflow()
-    wf["vpred"] = {"class_type": "ModelSamplingDiscrete", "inputs": {
-        "model": ["demo", 0], "sampling": "v_prediction", "zsnr": False}}
-    wf["localize"]["inputs"]["model"] = ["vpred", 0]
-    entry = comfy_server.wait(comfy_server.queue(wf))
-    assert "with ModelSamplingAdvanced sampling is not supported" in error_message(entry)
+def sampling_patched(wf: dict, sampling: str) -> dict:
+    """The SPARE stages get the demo MODEL through ModelSamplingDiscrete, as a user sets a v-prediction model."""
+    wf["patched"] = {"class_type": "ModelSamplingDiscrete", "inputs": {
+        "model": ["demo", 0], "sampling": sampling, "zsnr": False}}
+    for node in ("localize", "profile", "distill"):
+        wf[node]["inputs"]["model"] = ["patched", 0]
+    return wf
+
+
+def test_a_v_prediction_model_is_erased_and_left_unchanged(comfy_server, erased):
+    comfy_server.run(sampling_patched(spare_workflow(save_name="vpred_erase"), "v_prediction"))
+    loras = comfy_server.models_dir / "loras"
+    v_lora = safetensors.torch.load_file(str(loras / "vpred_erase.safetensors"))
+    eps_lora = safetensors.torch.load_file(str(loras / f"{SAVE_NAME}.safetensors"))
+    assert any(k.endswith(".lora_up.weight") for k in v_lora)
+    # Same graph and seed as the eps run: only reading the network's output as v can tell them apart.
+    assert v_lora.keys() != eps_lora.keys() or any(not torch.equal(v_lora[k], eps_lora[k]) for k in v_lora)
+    assert demo_hash(comfy_server) == erased["hash_before"]
+
+
+def test_an_x0_prediction_model_is_refused_by_name(comfy_server):
+    entry = comfy_server.wait(comfy_server.queue(sampling_patched(spare_workflow(), "x0")))
+    assert "with ModelSamplingAdvanced sampling (x0 prediction, 1000 noise levels) is not supported" in error_message(entry)

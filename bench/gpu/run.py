@@ -670,7 +670,7 @@ def run_model(family: str, args, engine_denoiser, defaults: dict, ckpt_dir: Path
     import comfy.sd
 
     from bench.gpu import checkpoints
-    from comfyui_spare.nodes.comfy_denoiser import NATIVE_RESOLUTION
+    from comfyui_spare.nodes.comfy_denoiser import native_resolution
 
     rec: dict = {"family": family, "engine_source_sha256": engine_source_digest()}
     save(family, rec)
@@ -703,7 +703,7 @@ def run_model(family: str, args, engine_denoiser, defaults: dict, ckpt_dir: Path
         rec["load"] = {"s": time.perf_counter() - started, "detected": type(base.model_config).__name__,
                        "unet_dtype": str(base.get_dtype()), "manual_cast_dtype": str(base.manual_cast_dtype),
                        "device": str(comfy.model_management.get_torch_device())}
-        rec["resolution"] = resolution or NATIVE_RESOLUTION.get(rec["load"]["detected"], 512)  # as the nodes choose
+        rec["resolution"] = resolution or native_resolution(model)  # as the nodes choose
         if rec["load"]["detected"] != checkpoints.FAMILIES[family]:
             raise RuntimeError(f"ComfyUI detected {rec['load']['detected']}, expected {checkpoints.FAMILIES[family]}")
         log(f"{family}: loaded as {rec['load']['detected']} in {rec['load']['s']:.1f}s ({rec['load']['unet_dtype']})")
