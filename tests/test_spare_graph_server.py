@@ -186,3 +186,26 @@ def test_a_v_prediction_model_is_erased_and_left_unchanged(comfy_server, erased)
 def test_an_x0_prediction_model_is_refused_by_name(comfy_server):
     entry = comfy_server.wait(comfy_server.queue(sampling_patched(spare_workflow(), "x0")))
     assert "with ModelSamplingAdvanced sampling (x0 prediction, 1000 noise levels) is not supported" in error_message(entry)
+
+
+def test_a_model_with_a_lora_loaded_is_erased_and_both_stay_unchanged(comfy_server, erased):
+    """A user's MODEL often comes through a stock LoRA loader: SPARE trains on that combination and
+    leaves both it and the checkpoint under it as they were."""
+    lora_model = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["demo", 0], "lora_name": f"{SAVE_NAME}.safetensors", "strength_model": 0.5}}
+
+    def lora_model_hash() -> str:
+        wf = {"demo": {"class_type": "SpareDemoModel", "inputs": {}}, "lora": lora_model,
+              "hash": {"class_type": "SpareModelWeightsHash", "inputs": {"model": ["lora", 0]}}}
+        return comfy_server.run(wf)["outputs"]["hash"]["text"][0]
+
+    before = lora_model_hash()
+    assert before != erased["hash_before"]
+    wf = spare_workflow(seed=3, save_name="erase_over_lora")
+    wf["lora"] = lora_model
+    for node in ("localize", "profile", "distill"):
+        wf[node]["inputs"]["model"] = ["lora", 0]
+    comfy_server.run(wf)
+    assert (comfy_server.models_dir / "loras" / "erase_over_lora.safetensors").exists()
+    assert lora_model_hash() == before
+    assert demo_hash(comfy_server) == erased["hash_before"]
