@@ -90,6 +90,7 @@ class Denoiser(Protocol):
 # Both read the host's weights through a copy (clone, torch.take) made in inference mode, never a view or detach
 # of the weight itself: weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA:
 # "Inference tensors do not track version counter"), even in inference mode; the clone ran there.
+
 @torch.inference_mode()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
@@ -104,7 +105,9 @@ def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
         stride = max(1, param.numel() // samples_per_tensor)
         index = torch.arange(0, param.numel(), stride, device=param.device)[:samples_per_tensor]
         digest.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
-        digest.update(_raw_bytes(torch.take(param, index)))
+        # `take` has no kernel for fp8 weights (ComfyUI's fp8 weight_dtype): read those through an exact fp16 copy.
+        values = param.to(torch.float16) if param.is_floating_point() and param.element_size() == 1 else param
+        digest.update(_raw_bytes(torch.take(values, index)))
     return digest.hexdigest()
 
 

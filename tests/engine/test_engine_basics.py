@@ -82,6 +82,15 @@ def test_fingerprint_reads_weights_in_logical_order_whatever_their_memory_layout
     assert model_fingerprint(a) == model_fingerprint(b)
 
 
+def test_fingerprint_reads_every_weight_dtype_a_host_stores():
+    """ComfyUI can hold a UNet's weights in fp8 (its weight_dtype option); the fingerprint still tells them apart."""
+    a, b, changed = TinyDenoiser(seed=0).module, TinyDenoiser(seed=0).module, TinyDenoiser(seed=0).module
+    with torch.no_grad():
+        changed.diffusion_model.to_k.weight[0, 0] += 1.0  # more than one fp8 step; element 0 is sampled
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float16, torch.float64):
+        assert model_fingerprint(a.to(dtype)) == model_fingerprint(b.to(dtype)) != model_fingerprint(changed.to(dtype))
+
+
 class Oracle:
     """Knows the one clean latent x0*: predicts the exact eps, so DDIM must land on x0*."""
 
