@@ -72,6 +72,13 @@ class ComfyDenoiser:
         if not hasattr(model.model, "diffusion_model") or not hasattr(model.model.diffusion_model, "input_blocks"):
             raise ValueError(
                 f"model: {family} is not supported; SPARE needs a UNet (SD1.x, SD2.x, SDXL, the demo model).")
+        latent_channels = model.model.latent_format.latent_channels
+        unet_channels = model.model.diffusion_model.in_channels
+        if unet_channels != latent_channels:
+            raise ValueError(
+                f"model: {family} takes {unet_channels} input channels, its latents have {latent_channels}: an "
+                "inpainting or image-conditioned UNet (its extra channels need an image SPARE does not have). "
+                "Erase from the text-to-image checkpoint it was made from.")
         if clip is None:
             raise ValueError("clip: this checkpoint has no text encoder; connect a CLIP.")
 

@@ -68,30 +68,47 @@ def test_other_predictions_are_refused_by_name(sd15, denoiser_cls, sampling):
         denoiser_cls(patched, clip, resolution=64)
 
 
+def tiny_model(config_class, checkpoint_keys: dict, **unet_config):
+    """A small UNet of a ComfyUI model class (random weights), built as ComfyUI builds one from a checkpoint
+    holding `checkpoint_keys` (what some classes read their prediction type from)."""
+    import comfy.model_patcher
+
+    config = config_class({
+        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1],
+        "channel_mult": (1,), "transformer_depth": [1], "transformer_depth_output": [1, 1],
+        "transformer_depth_middle": 1, "context_dim": 768, "adm_in_channels": None, "use_spatial_transformer": True,
+        "use_linear_in_transformer": False, "legacy": False, "use_temporal_attention": False,
+        "use_temporal_resblock": False, **unet_config})
+    with torch.inference_mode():
+        base = config.get_model(checkpoint_keys)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
 @pytest.mark.parametrize("norm_std, prediction, resolution", [(0.0, "eps", 512), (1.0, "v_prediction", 768)])
 def test_sd2_prediction_is_read_from_its_weights_and_sets_the_native_size(sd15, denoiser_cls, norm_std, prediction,
                                                                            resolution):
     """SD2.x checkpoints say v-prediction only through their weights (ComfyUI's SD20.model_type looks at one
     norm's spread): the 768-v ones are sampled at 768 px, the 512 base at 512."""
-    import comfy.model_patcher
     import comfy.supported_models
     from comfyui_spare.nodes.comfy_denoiser import prediction_type
 
     _, clip = sd15
-    config = comfy.supported_models.SD20({
-        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1],
-        "channel_mult": (1,), "transformer_depth": [1], "transformer_depth_output": [1, 1],
-        "transformer_depth_middle": 1, "context_dim": 768, "adm_in_channels": None, "use_spatial_transformer": True,
-        "use_linear_in_transformer": True, "legacy": False, "use_temporal_attention": False,
-        "use_temporal_resblock": False})
     norm_bias = torch.randn(320, generator=torch.Generator().manual_seed(0)) * norm_std
-    with torch.inference_mode():
-        base = config.get_model({"output_blocks.11.1.transformer_blocks.0.norm1.bias": norm_bias})
-    model = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                             offload_device=comfy.model_management.unet_offload_device())
+    model = tiny_model(comfy.supported_models.SD20, {"output_blocks.11.1.transformer_blocks.0.norm1.bias": norm_bias},
+                       use_linear_in_transformer=True)
     assert prediction_type(model.get_model_object("model_sampling")) == prediction
     d = denoiser_cls(model, clip)
     assert d.resolution == resolution and d.latent_shape == (4, resolution // 8, resolution // 8)
+
+
+def test_an_inpainting_unet_is_refused_by_name(sd15, denoiser_cls):
+    import comfy.supported_models
+
+    _, clip = sd15
+    model = tiny_model(comfy.supported_models.SD15, {}, in_channels=9)
+    with pytest.raises(ValueError, match=r"model: SD15 takes 9 input channels, its latents have 4: an inpainting"):
+        denoiser_cls(model, clip)
 
 
 def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):
