@@ -42,7 +42,9 @@ def prediction_type(sampling) -> str:
 
 
 def native_resolution(model) -> int:
-    family = model_family(model)
+    # By the nearest known ancestor of the model's config class: SDXL's distilled kin (SSD-1B, Segmind Vega,
+    # KOALA) are SDXL subclasses in ComfyUI and were trained at 1024 px too.
+    family = next((c.__name__ for c in type(model.model.model_config).__mro__ if c.__name__ in NATIVE_RESOLUTION), None)
     if family == "SD20" and prediction_type(model.get_model_object("model_sampling")) == "v_prediction":
         return SD2_V_RESOLUTION
     return NATIVE_RESOLUTION.get(family, 512)

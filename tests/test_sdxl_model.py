@@ -28,11 +28,12 @@ TINY_SDXL_UNET = {
 TARGET, SURROGATE, RETAIN = "a photo of a parachute", "a photo of the sky", "a photo of a church"
 
 
-def tiny_sdxl_model(checkpoint_markers: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPatcher:
+def tiny_sdxl_model(checkpoint_markers: dict[str, torch.Tensor],
+                    config_class=comfy.supported_models.SDXL) -> comfy.model_patcher.ModelPatcher:
     """The tiny SDXL UNet as ComfyUI builds it from a checkpoint holding these marker keys
     (a v-prediction SDXL checkpoint holds "v_pred", and "ztsnr" when trained for zero terminal SNR)."""
     mm = comfy.model_management
-    model_config = comfy.supported_models.SDXL(dict(TINY_SDXL_UNET))
+    model_config = config_class(dict(TINY_SDXL_UNET))
     model_config.set_inference_dtype(torch.float32, None)
     with torch.inference_mode():  # as ComfyUI's executor loads models
         base = model_config.get_model(checkpoint_markers)
@@ -80,6 +81,15 @@ def test_sdxl_conditioning_reaches_the_unet_as_comfyui_passes_it(sdxl, pack, mar
         torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
     finally:
         d.release()
+
+
+@pytest.mark.parametrize("config_class", [comfy.supported_models.SDXL, comfy.supported_models.SSD1B,
+                                          comfy.supported_models.Segmind_Vega, comfy.supported_models.KOALA_1B])
+def test_sdxl_and_its_distilled_kin_generate_training_latents_at_1024_px(sdxl, pack, config_class):
+    from comfyui_spare.nodes.comfy_denoiser import ComfyDenoiser
+
+    d = ComfyDenoiser(tiny_sdxl_model({}, config_class), sdxl[1])
+    assert d.resolution == 1024 and d.latent_shape == (4, 128, 128)
 
 
 def test_nodes_erase_from_sdxl_and_leave_it_unchanged(sdxl, pack):
