@@ -17,6 +17,7 @@ from ..spare_engine.denoiser import Conditioning
 
 # Pixel resolution each model family was trained at; erasure data is generated there.
 NATIVE_RESOLUTION = {"SD15": 512, "SD20": 512, "SDXL": 1024, "DemoModelConfig": 128}
+MIN_RESOLUTION = 16  # at 8 px (1x1 latents) a GroupNorm group can hold a single value, which torch refuses
 SD2_V_RESOLUTION = 768  # SD2.x's v-prediction checkpoints (768-v) were trained at 768 px, its eps ones at 512
 
 
@@ -90,6 +91,9 @@ class ComfyDenoiser:
         self.clip = clip
         self.module: nn.Module = self.patcher.model
         resolution = resolution or native_resolution(model)
+        if resolution < MIN_RESOLUTION:
+            raise ValueError(f"resolution: {resolution} px is below {MIN_RESOLUTION} px (2x2 latents), the least a UNet's "
+                             "normalisation layers can train on; 0 = the model's native size.")
         latent_format = self.patcher.model.latent_format
         self.latent_shape = (latent_format.latent_channels, resolution // 8, resolution // 8)
         self.resolution = resolution

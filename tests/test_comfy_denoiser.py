@@ -111,6 +111,12 @@ def test_an_inpainting_unet_is_refused_by_name(sd15, denoiser_cls):
         denoiser_cls(model, clip)
 
 
+def test_a_resolution_below_two_latent_pixels_is_refused_by_name(sd15, denoiser_cls):
+    model, clip = sd15
+    with pytest.raises(ValueError, match=r"resolution: 8 px is below 16 px \(2x2 latents\)"):
+        denoiser_cls(model, clip, resolution=8)
+
+
 def test_gradients_flow_and_host_is_untouched(sd15, denoiser_cls):
     model, clip = sd15
     comfy.model_management.load_models_gpu([model])
