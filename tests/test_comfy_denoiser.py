@@ -6,6 +6,7 @@ import comfy.model_management
 import comfy.sd
 
 import tiny_checkpoints
+from node_chain import erase_with_nodes
 from spare_engine.denoiser import weights_hash
 
 
@@ -201,10 +202,6 @@ def test_engine_stages_run_attention_without_cudnn_and_restore_the_choice(sd15, 
 def test_a_unet_held_in_fp8_is_erased_and_left_unchanged(tmp_path, pack):
     """ComfyUI's weight_dtype fp8 option (UNETLoader, model_options) stores the UNet in fp8 and computes in
     a wider dtype; the nodes train on it and leave its weights as they were."""
-    from comfyui_spare.nodes.distill import SpareDistill
-    from comfyui_spare.nodes.localize import SaliencyLocalize
-    from comfyui_spare.nodes.timestep_profile import TimestepProfileNode
-
     path = tiny_checkpoints.write_tiny_sd15_checkpoint(tmp_path / "tiny.safetensors")
     with torch.inference_mode():
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
@@ -212,15 +209,8 @@ def test_a_unet_held_in_fp8_is_erased_and_left_unchanged(tmp_path, pack):
     assert model.model.get_dtype() == torch.float8_e4m3fn
     comfy.model_management.load_models_gpu([model])
     before = weights_hash(model.model)
-    target, surrogate, retain = "a photo of a cat", "a photo of a dog", "a photo of a car"
-    with torch.inference_mode():
-        saliency = SaliencyLocalize.execute(model, clip, target, top_modules=0.5, row_fraction=1.0, samples=1,
-                                            seed=0, resolution=32).result[0]
-        timesteps = TimestepProfileNode.execute(model, clip, target, surrogate, scheme="uniform", uniform_mix=0.2,
-                                                samples=1, seed=0, resolution=32).result[0]
-        lora = SpareDistill.execute(model, clip, saliency, timesteps, target, surrogate, retain, rank=2, steps=2,
-                                    learning_rate=1e-2, forget_weight=1.0, retain_weight=1.0, batch_size=1, seed=0,
-                                    save_name="", resolution=32).result[0]
+    _, lora = erase_with_nodes(model, clip, "a photo of a cat", "a photo of a dog", "a photo of a car",
+                               resolution=32, scheme="uniform", steps=2)
     assert lora and all(v.dtype == torch.float32 and v.isfinite().all() for v in lora.values())
     comfy.model_management.load_models_gpu([model])
     assert weights_hash(model.model) == before

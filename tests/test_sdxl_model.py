@@ -16,6 +16,7 @@ import comfy.sd
 import comfy.supported_models
 
 import tiny_checkpoints
+from node_chain import erase_with_nodes
 from spare_engine.denoiser import weights_hash
 
 TINY_SDXL_UNET = {
@@ -94,21 +95,12 @@ def test_sdxl_and_its_distilled_kin_generate_training_latents_at_1024_px(sdxl, p
 
 def test_nodes_erase_from_sdxl_and_leave_it_unchanged(sdxl, pack):
     from comfyui_spare.nodes.apply_lora import ApplyErasureLora
-    from comfyui_spare.nodes.distill import SpareDistill
-    from comfyui_spare.nodes.localize import SaliencyLocalize
     from comfyui_spare.nodes.lora_files import NO_FILE
-    from comfyui_spare.nodes.timestep_profile import TimestepProfileNode
 
     model, clip = sdxl
     before = weights_hash(model.model)
-    with torch.inference_mode():  # nodes run under inference mode in ComfyUI's executor
-        saliency = SaliencyLocalize.execute(model, clip, TARGET, top_modules=0.5, row_fraction=1.0, samples=1,
-                                            seed=0, resolution=64).result[0]
-        timesteps = TimestepProfileNode.execute(model, clip, TARGET, SURROGATE, scheme="concept", uniform_mix=0.2,
-                                                samples=1, seed=0, resolution=64).result[0]
-        lora = SpareDistill.execute(model, clip, saliency, timesteps, TARGET, SURROGATE, RETAIN, rank=2, steps=3,
-                                    learning_rate=1e-2, forget_weight=1.0, retain_weight=1.0, batch_size=1, seed=0,
-                                    save_name="", resolution=64).result[0]
+    saliency, lora = erase_with_nodes(model, clip, TARGET, SURROGATE, RETAIN, resolution=64)
+    with torch.inference_mode():
         erased = ApplyErasureLora.execute(model, NO_FILE, 1.0, erasure_lora=lora).result[0]
     assert weights_hash(model.model) == before, "training changed the SDXL model's weights"
 
