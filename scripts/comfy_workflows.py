@@ -129,9 +129,11 @@ def to_api(ui: dict, object_info: dict) -> dict:
         info = object_info[node["type"]]
         inputs: dict = {}
         values = list(node.get("widgets_values", []))
-        for name, spec, _ in _inputs(info):
+        for name, spec, optional in _inputs(info):
             if not _is_widget(spec):
                 continue
+            if optional and not values:
+                continue  # saved before the node had this input: the server uses its default, as the browser does
             inputs[name] = values.pop(0)
             if _has_control_widget(name, spec):
                 values.pop(0)

@@ -13,7 +13,7 @@ The host model is reached only through the `Denoiser` protocol; nothing here imp
 from .adapters import LoraAdapter, adapters_disabled, attached, build_adapters
 from .denoiser import Conditioning, Denoiser, model_fingerprint, weights_hash
 from .distill import DistillConfig, NonFiniteLossError, distill
-from .lora import ErasureLoRA
+from .lora import FILE_DTYPES, ErasureLoRA
 from .saliency import SaliencyMap, compute_saliency
 from .sampling import add_noise, prompt_latents, sample_ddim
 from .surrogates import rank_surrogates
@@ -25,6 +25,7 @@ __all__ = [
     "Denoiser",
     "DistillConfig",
     "ErasureLoRA",
+    "FILE_DTYPES",
     "LoraAdapter",
     "NonFiniteLossError",
     "SaliencyMap",

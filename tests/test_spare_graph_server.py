@@ -95,7 +95,9 @@ def test_graph_saves_lora_with_metadata_and_leaves_model_unchanged(comfy_server,
     with safetensors.safe_open(str(path), "pt") as f:
         meta = f.metadata()
         keys = list(f.keys())
+        factor_dtypes = {f.get_tensor(k).dtype for k in keys if k.endswith(".weight")}
     assert any(k.endswith(".lora_up.weight") for k in keys)
+    assert factor_dtypes == {torch.float16}  # the node's default file precision
     assert "Neon" in meta["targets"] and "Watercolor" in meta["surrogates"]
     assert json.loads(meta["config"])["steps"] == 8
     assert comfy_server.images(erased["entry"], "save_grid")[0].size[0] > 256

@@ -32,6 +32,15 @@ def test_workflow_uses_only_existing_nodes_and_consistent_links(comfy_server, pa
         assert set(required) <= set(node["inputs"]), f"{node['class_type']} lacks {set(required) - set(node['inputs'])}"
 
 
+def test_a_workflow_saved_before_an_optional_input_existed_still_converts(comfy_server):
+    info = comfy_server.get_json("/object_info")
+    ui = json.loads((WORKFLOWS[0].parent / "spare_demo_erase_style.json").read_text())
+    distill = next(n for n in ui["nodes"] if n["type"] == "SpareDistill")
+    assert distill["widgets_values"].pop() == "fp16"  # save_dtype, the newest input
+    inputs = to_api(ui, info)[str(distill["id"])]["inputs"]
+    assert "save_dtype" not in inputs and inputs["resolution"] == 0
+
+
 def test_templates_are_served_to_the_frontend(comfy_server):
     served = comfy_server.get_json("/workflow_templates")
     assert set(served["comfyui-spare"]) == {p.stem for p in WORKFLOWS}

@@ -289,7 +289,8 @@ def scratch_checkpoint(family: str, tiny: bool) -> tuple[Path, int | None]:
 
 def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, adapter_dir: Path, out: dict) -> dict:
     """The three nodes' execute() bodies (nodes/localize.py, timestep_profile.py, distill.py), minus the plots."""
-    from comfyui_spare.spare_engine import DistillConfig, compute_saliency, compute_timestep_profile, distill
+    from comfyui_spare.spare_engine import (FILE_DTYPES, DistillConfig, compute_saliency, compute_timestep_profile,
+                                            distill)
 
     loc, prof, dis = defaults["localize"]["inputs"], defaults["profile"]["inputs"], defaults["distill"]["inputs"]
     res = resolution or None
@@ -328,7 +329,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
 
     started = time.perf_counter()
     path = adapter_dir / "spare_erasure.safetensors"
-    erasure.save(path)
+    erasure.save(path, FILE_DTYPES[dis["save_dtype"]])  # the node's default precision for the file
     save_s = time.perf_counter() - started
     state = erasure.state_dict()
     out["adapter"] = {
@@ -338,6 +339,7 @@ def run_spare(engine_denoiser, model, clip, resolution: int, defaults: dict, ada
         "layers": len(erasure.module_names) if hasattr(erasure, "module_names") else None,
         "save_s": save_s,
         "rank": config.rank,
+        "dtype": dis["save_dtype"],
     }
     walls = [stages[k]["wall_s"] for k in ("saliency", "timestep_profile", "distill")]
     out["erase_s"] = sum(walls) + save_s
@@ -954,7 +956,7 @@ def markdown(results: dict) -> str:
             lines += [f"SPARE erase: **{_f(spare.get('erase_s'), '{:.1f}')} s** (3 stages + adapter save "
                       f"{_f(ad.get('save_s'), '{:.2f}')} s), {_f(m.get('direct_with_load_s'), '{:.1f}')} s with the "
                       f"checkpoint load; adapter {ad.get('layers')} layers, rank {ad.get('rank')}, "
-                      f"**{_f(ad.get('mib'))} MiB** on disk.", ""]
+                      f"**{_f(ad.get('mib'))} MiB** on disk ({ad.get('dtype', 'fp32')}).", ""]
         e = m.get("esd_x", {})
         if "paper_total_s" in e:
             how = "extrapolated" if e["extrapolated"] else "measured"

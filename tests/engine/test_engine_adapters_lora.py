@@ -3,6 +3,7 @@ import copy
 import os
 
 import pytest
+import safetensors
 import torch
 
 import spare_engine
@@ -178,6 +179,28 @@ def test_save_load_roundtrip(denoiser, tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in lora.state_dict().items())
     with pytest.raises(ValueError, match="is not a spare_engine.saliency_map file"):
         spare_engine.SaliencyMap.load(path)
+
+
+def test_a_half_precision_file_is_half_the_size_and_loads_as_float32(denoiser, tmp_path):
+    lora = ErasureLoRA.from_adapters(trained_looking_adapters(denoiser), {})
+    lora.save(tmp_path / "fp32.safetensors")
+    lora.save(tmp_path / "fp16.safetensors", torch.float16)
+    with safetensors.safe_open(str(tmp_path / "fp16.safetensors"), "pt") as f:
+        dtypes = {k: f.get_tensor(k).dtype for k in f.keys()}
+    assert {d for k, d in dtypes.items() if k.endswith(".weight")} == {torch.float16}
+    assert {d for k, d in dtypes.items() if k.endswith(".alpha")} == {torch.float32}
+    factor_bytes = sum(t.numel() * 2 for k, t in lora.state_dict().items() if k.endswith(".weight"))
+    sizes = {n: (tmp_path / f"{n}.safetensors").stat().st_size for n in ("fp32", "fp16")}
+    assert abs(sizes["fp32"] - sizes["fp16"] - factor_bytes) < 64  # the JSON header's offsets differ a little
+    loaded = ErasureLoRA.load(tmp_path / "fp16.safetensors")
+    for name in lora.module_names:
+        assert loaded.down[name].dtype == loaded.up[name].dtype == torch.float32
+        exact = lora.delta_weight(name)
+        assert (loaded.delta_weight(name) - exact).norm() <= 2e-3 * exact.norm()  # fp16 keeps 11 bits
+    with pytest.raises(ValueError, match="dtype: torch.float64 is not one of torch.float32, torch.float16, "
+                                         "torch.bfloat16"):
+        lora.save(tmp_path / "fp64.safetensors", torch.float64)
+    assert not (tmp_path / "fp64.safetensors").exists()
 
 
 def test_a_failed_save_leaves_no_file(denoiser, tmp_path, monkeypatch):
