@@ -45,7 +45,8 @@ def prediction_type(sampling) -> str:
 def native_resolution(model) -> int:
     # By the nearest known ancestor of the model's config class: SDXL's distilled kin (SSD-1B, Segmind Vega,
     # KOALA) are SDXL subclasses in ComfyUI and were trained at 1024 px too.
-    family = next((c.__name__ for c in type(model.model.model_config).__mro__ if c.__name__ in NATIVE_RESOLUTION), None)
+    ancestors = [c.__name__ for c in type(model.model.model_config).__mro__]
+    family = next((name for name in ancestors if name in NATIVE_RESOLUTION), None)
     if family == "SD20" and prediction_type(model.get_model_object("model_sampling")) == "v_prediction":
         return SD2_V_RESOLUTION
     return NATIVE_RESOLUTION.get(family, 512)
@@ -92,8 +93,8 @@ class ComfyDenoiser:
         self.module: nn.Module = self.patcher.model
         resolution = resolution or native_resolution(model)
         if resolution < MIN_RESOLUTION:
-            raise ValueError(f"resolution: {resolution} px is below {MIN_RESOLUTION} px (2x2 latents), the least a UNet's "
-                             "normalisation layers can train on; 0 = the model's native size.")
+            raise ValueError(f"resolution: {resolution} px is below {MIN_RESOLUTION} px (2x2 latents), the least a "
+                             "UNet's normalisation layers can train on; 0 = the model's native size.")
         latent_format = self.patcher.model.latent_format
         self.latent_shape = (latent_format.latent_channels, resolution // 8, resolution // 8)
         self.resolution = resolution

@@ -17,7 +17,8 @@ class SaliencyLocalize(io.ComfyNode):
             description="SPARE stage 1: gradient saliency of the target concept finds the layers (and rows) "
             "that draw it; SPARE Distill trains its adapter only there.",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model to erase from (SD1.x, SD2.x, SDXL, eps or v prediction; the demo model)."),
+                io.Model.Input("model", tooltip="The diffusion model to erase from: SD1.x, SD2.x or SDXL, eps or v "
+                                                "prediction, or the demo model."),
                 io.Clip.Input("clip", tooltip="The model's text encoder."),
                 io.String.Input("targets", multiline=True, default="",
                                 tooltip="The concept(s) to erase, one prompt per line."),

@@ -87,10 +87,9 @@ class Denoiser(Protocol):
         ...
 
 
-# Both read the host's weights through a copy (clone, torch.take) made in inference mode, never a view or detach
+# Both read the host's weights through a copy (clone, torch.take, .to) made in inference mode, never a view or detach
 # of the weight itself: weights that ComfyUI loaded refused views on an H200 (torch 2.11 + CUDA:
 # "Inference tensors do not track version counter"), even in inference mode; the clone ran there.
-
 @torch.inference_mode()
 def model_fingerprint(module: nn.Module, samples_per_tensor: int = 64) -> str:
     """Cheap identity of a network: names, shapes, dtypes and a strided sample of every parameter.
