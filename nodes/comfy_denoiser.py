@@ -138,6 +138,7 @@ class ComfyDenoiser:
             )
             if adm is not None:
                 ys.append(adm)
+        self._check_text_encoder(contexts[0].shape[-1], ys[0].shape[-1] if ys else None)
         # Prompts over 75 tokens give longer contexts; repeat each to a common length, as ComfyUI does.
         length = math.lcm(*(c.shape[1] for c in contexts))
         context = torch.cat([c.repeat(1, length // c.shape[1], 1) for c in contexts])
@@ -145,6 +146,16 @@ class ComfyDenoiser:
         if ys:
             tensors["y"] = torch.cat(ys)
         return Conditioning(tensors).to(self.device, torch.float32)
+
+    def _check_text_encoder(self, context_width: int, adm_width: int | None) -> None:
+        """A CLIP of another model family fails deep inside the UNet ("mat1 and mat2 shapes cannot be
+        multiplied"); say which input is wrong instead."""
+        config = self.patcher.model.model_config.unet_config
+        expected = (config.get("context_dim"), config.get("adm_in_channels"))
+        if (context_width, adm_width) != expected:
+            raise ValueError(
+                f"clip: its text embeddings are {context_width} wide (pooled conditioning {adm_width}); the "
+                f"model's UNet takes {expected[0]} ({expected[1]}). Connect the CLIP loaded with this model.")
 
     def checkpoint_modules(self) -> list[nn.Module]:
         """Units of gradient checkpointing: every ResBlock and every transformer block of the UNet."""

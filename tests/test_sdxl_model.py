@@ -93,6 +93,21 @@ def test_sdxl_and_its_distilled_kin_generate_training_latents_at_1024_px(sdxl, p
     assert d.resolution == 1024 and d.latent_shape == (4, 128, 128)
 
 
+def test_a_text_encoder_of_another_model_is_refused_by_name(sdxl, pack):
+    from comfyui_spare.nodes.comfy_denoiser import ComfyDenoiser
+    from demo_world.model import load_demo_model
+
+    demo_model, demo_clip, _ = load_demo_model()
+    for model, clip, message in (
+            (sdxl[0], demo_clip, r"clip: its text embeddings are 128 wide \(pooled conditioning 1664\); the "
+                                 r"model's UNet takes 2048 \(2816\)"),
+            (demo_model, sdxl[1], r"clip: its text embeddings are 2048 wide \(pooled conditioning None\); the "
+                                  r"model's UNet takes 128 \(None\)")):
+        d = ComfyDenoiser(model, clip, resolution=64)
+        with pytest.raises(ValueError, match=message + r"\. Connect the CLIP loaded with this model\."):
+            d.encode_prompts([TARGET])
+
+
 def test_nodes_erase_from_sdxl_and_leave_it_unchanged(sdxl, pack):
     from comfyui_spare.nodes.apply_lora import ApplyErasureLora
     from comfyui_spare.nodes.lora_files import NO_FILE
