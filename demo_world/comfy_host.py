@@ -6,6 +6,7 @@ nothing. Standalone (training, evaluation) it puts the host recorded by
 `comfy.model_management` probes for a GPU.
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def ensure_comfy():
         import comfy.cli_args
     except ImportError:
         # ComfyUI first: its top-level `nodes` module must win over the pack's `nodes/`.
-        sys.path.insert(0, json.loads(HOST_JSON.read_text())["comfyui"])
+        sys.path.insert(0, os.environ.get("SPARE_COMFYUI_DIR") or json.loads(HOST_JSON.read_text())["comfyui"])
         import comfy.cli_args
     import torch
     if not torch.cuda.is_available():

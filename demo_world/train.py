@@ -25,43 +25,48 @@ def log(msg):
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
-def machine():
+def machine(device):
     cpu = platform.machine()
     if os.path.exists("/proc/cpuinfo"):
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    return f"{cpu} ({os.cpu_count()} cores, shared), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    where = f"{cpu} ({os.cpu_count()} cores, shared), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{torch.cuda.get_device_name(device)}; {where}" if device.type == "cuda" else where
 
 
-def run_stage(stage):
+def run_stage(stage, device):
     if stage == "vae":
         from .training import vae
-        return vae.train(log)
+        return vae.train(log, device)
     if stage == "diffusion":
         from .training import diffusion
-        return diffusion.train(log)
+        return diffusion.train(log, device)
     if stage == "refine":
         from .training import diffusion
-        return diffusion.refine(log)
+        return diffusion.refine(log, device)
     if stage == "outline":
         from .training import diffusion
-        return diffusion.outline(log)
+        return diffusion.outline(log, device)
     if stage == "classifiers":
         from .training import classifiers
-        return classifiers.train(log)
+        return classifiers.train(log, device)
     from .training import evaluate
-    return evaluate.run(log)
+    return evaluate.run(log)  # samples through ComfyUI, which picks its own device
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stage", choices=["all"] + STAGES, default="all")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the networks train (default: cuda when there is one); the training data is "
+                             "always made on the CPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     for stage in STAGES if args.stage == "all" else [args.stage]:
-        log(f"stage {stage} on {machine()}")
-        result = {**run_stage(stage), "machine": machine()}
+        log(f"stage {stage} on {machine(device)}")
+        result = {**run_stage(stage, device), "machine": machine(device)}
         stats = report.load_stats()  # re-read: stages may run side by side in separate processes
         stats[stage] = result
         report.save_stats(stats)

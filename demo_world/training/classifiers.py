@@ -32,15 +32,20 @@ def _blur(x, sigma):
 
 
 def augment(x, gen):
-    """Imitate a generator's output: softness, grain, small tint and contrast shifts."""
+    """Imitate a generator's output: softness, grain, small tint and contrast shifts.
+    The draws come from `gen` on the CPU whatever device `x` is on."""
     n = len(x)
+
+    def draw(sample, *shape):
+        return sample(*shape, generator=gen).to(x.device)
+
     sigma = 0.3 + 0.9 * torch.rand(1, generator=gen).item()
     blurred = _blur(x, sigma)
-    pick = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).float()
+    pick = (draw(torch.rand, n, 1, 1, 1) < 0.5).float()
     x = pick * blurred + (1 - pick) * x
-    x = x + 0.04 * torch.rand(n, 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
-    gain = 1 + 0.08 * (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1)
-    tint = 0.03 * (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1)
+    x = x + 0.04 * draw(torch.rand, n, 1, 1, 1) * draw(torch.randn, *x.shape)
+    gain = 1 + 0.08 * (draw(torch.rand, n, 1, 1, 1) * 2 - 1)
+    tint = 0.03 * (draw(torch.rand, n, 3, 1, 1) * 2 - 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * gain + mean + tint).clamp(0, 1)
 
@@ -65,6 +70,7 @@ def training_pool(log):
 
 
 def fit(net, x, y, name, gen, log):
+    """Train `net` on images x [N, 3, S, S] and labels y, both on the net's device."""
     steps = STEPS[name]
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=5e-4)
     losses = []
@@ -72,7 +78,7 @@ def fit(net, x, y, name, gen, log):
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, LR, warmup=30)
-        idx = torch.randint(0, len(x), (BATCH,), generator=gen)
+        idx = torch.randint(0, len(x), (BATCH,), generator=gen).to(x.device)
         loss = F.cross_entropy(net(augment(x[idx], gen)), y[idx], label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -88,21 +94,23 @@ def accuracy(net, x, y):
     return (net(x).argmax(-1) == y).float().mean().item()
 
 
-def train(log):
+def train(log, device):
+    """The data and its VAE roundtrips are made on the CPU (the same on every machine); the nets train on `device`."""
     clock = Clock()
     torch.manual_seed(config.SEED)
     x, objects, styles = training_pool(log)
     assert x.shape[-1] == INPUT_SIZE
     held_imgs, held_o, held_s = make_batch(HELD_OUT, np.random.default_rng(config.SEED + 30))
-    held = to_input(held_imgs)
-    held_rt = to_input(vae_roundtrip(held_imgs[:HELD_OUT_ROUNDTRIP]))
+    held = to_input(held_imgs).to(device)
+    held_rt = to_input(vae_roundtrip(held_imgs[:HELD_OUT_ROUNDTRIP])).to(device)
+    x, objects, styles = x.to(device), objects.to(device), styles.to(device)
     result = {"minutes": 0.0}
     state = {}
     for i, (name, labels, held_labels, n) in enumerate((("object", objects, held_o, len(OBJECTS)),
                                                          ("style", styles, held_s, len(STYLES)))):
         gen = torch.Generator().manual_seed(config.SEED + 4 + i)  # one stream per net: recipes stay independent
-        net, losses = fit(SmallCNN(n, WIDTHS[name]), x, labels, name, gen, log)
-        held_y = torch.from_numpy(held_labels)
+        net, losses = fit(SmallCNN(n, WIDTHS[name]).to(device), x, labels, name, gen, log)
+        held_y = torch.from_numpy(held_labels).to(device)
         result[f"{name}_losses"] = losses
         result[f"{name}_heldout_acc"] = accuracy(net, held, held_y)
         result[f"{name}_heldout_vae_acc"] = accuracy(net, held_rt, held_y[:HELD_OUT_ROUNDTRIP])

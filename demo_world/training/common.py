@@ -36,7 +36,7 @@ def cosine_lr(step, total, peak, warmup):
 
 def save_fp16(state_dict, path, metadata=None):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state_dict.items()}
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state_dict.items()}
     save_file(tensors, str(path), metadata=metadata)
 
 

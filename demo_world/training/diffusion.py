@@ -149,17 +149,22 @@ def save(ema):
     save_fp16(clip_state, config.TEXT_ENCODER_FILE)
 
 
-def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log,
+def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log, device,
          image_weights=None, pixel_weights=None):
     """The training loop every phase shares; saves the EMA weights and returns the eps-MSE per step.
 
     image_weights [N]: how often each training image is drawn (None: uniformly);
-    pixel_weights [N, 1, h, w]: per-latent-pixel loss weights, mean 1 (None: all 1)."""
+    pixel_weights [N, 1, h, w]: per-latent-pixel loss weights, mean 1 (None: all 1).
+    Every random draw comes from `gen` on the CPU, then moves to `device`: the draws do not depend on the device."""
     clock = Clock()
-    latents, objects, styles = data["latents"], data["objects"], data["styles"]
+    unet.to(device)
+    clip.to(device)
+    latents, objects, styles = data["latents"].to(device), data["objects"], data["styles"]
+    if pixel_weights is not None:
+        pixel_weights = pixel_weights.to(device)
     tokens, empty = prompt_tokens(tokenizer)
     text_model = clip.clip_l.transformer
-    abar = alphas_cumprod()
+    abar = alphas_cumprod().to(device)
     ema = EMA([unet, clip], warm_up=ema_warm_up)
 
     embeddings = [text_model.get_input_embeddings().weight, text_model.text_model.embeddings.position_embedding.weight]
@@ -179,13 +184,14 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         ids = tokens[objects[idx], styles[idx], template]
         drop = torch.rand(BATCH, generator=gen) < UNCOND_P
         ids[drop] = empty
-        context = text_model(ids)[0]
+        context = text_model(ids.to(device))[0]
 
-        x0 = latents[idx] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
-        t = torch.randint(0, len(abar), (BATCH,), generator=gen)
+        x0 = latents[idx.to(device)] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
+        t = torch.randint(0, len(abar), (BATCH,), generator=gen).to(device)
         # Offset noise: part of the noise is a flat shift of each channel, so the model cannot take
         # the noisy latent's mean colour for the image's and has to read colour from the prompt.
-        noise = torch.randn(x0.shape, generator=gen) + OFFSET_NOISE * torch.randn(BATCH, x0.shape[1], 1, 1, generator=gen)
+        noise = (torch.randn(x0.shape, generator=gen)
+                 + OFFSET_NOISE * torch.randn(BATCH, x0.shape[1], 1, 1, generator=gen)).to(device)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t.float(), context=context)
@@ -195,7 +201,7 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         weight = (1 / abar[t]).clamp(max=max_weight)
         error = F.mse_loss(pred, noise, reduction="none")
         if pixel_weights is not None:
-            error = error * pixel_weights[idx]
+            error = error * pixel_weights[idx.to(device)]
         loss = (weight * error.mean(dim=(1, 2, 3))).mean()
 
         opt.zero_grad(set_to_none=True)
@@ -212,7 +218,7 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
     return losses
 
 
-def train(log):
+def train(log, device):
     """Phase 1, from scratch: the prompt decides colour, texture and layout."""
     clock = Clock()
     torch.manual_seed(config.SEED)
@@ -221,13 +227,13 @@ def train(log):
     log(f"latents {tuple(data['latents'].shape)} mean {data['latents'].mean():.3f} std {data['latents'].std():.3f}")
     unet, clip, tokenizer = new_models()
     losses = _fit(unet, clip, tokenizer, data, STEPS, LR, warmup=200, max_weight=float("inf"), gen=gen,
-                  ema_warm_up=True, log=log)
+                  ema_warm_up=True, log=log, device=device)
     return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(data["latents"]),
             "unet_parameters": sum(p.numel() for p in unet.parameters()), "ema_decay": EMA_DECAY, "offset_noise": OFFSET_NOISE,
             "losses": losses}
 
 
-def refine(log):
+def refine(log, device):
     """Phase 2, from phase 1's shipped (EMA) weights: the shapes' outlines.
 
     Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle
@@ -248,12 +254,12 @@ def refine(log):
         unet, clip, tokenizer = shipped_models()
         log(f"refine cycle {cycle + 1} of {REFINE_CYCLES}")
         losses += _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
-                       max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log)
+                       max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
     return {"minutes": clock.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
             "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": losses}
 
 
-def outline(log):
+def outline(log, device):
     """Phase 3, from the refined weights: the outlines that tell round shapes apart.
 
     After `refine`, hexagon and pentagon still came out as discs like "circle" and star
@@ -267,13 +273,13 @@ def outline(log):
     losses = []
     for cycle in range(OUTLINE_CYCLES):
         log(f"outline cycle {cycle + 1} of {OUTLINE_CYCLES}")
-        losses += outline_cycle(cycle, log)
+        losses += outline_cycle(cycle, log, device)
     return {"minutes": clock.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
             "cycles": OUTLINE_CYCLES, "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
             "losses": losses}
 
 
-def outline_cycle(cycle, log):
+def outline_cycle(cycle, log, device):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
     pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
@@ -282,4 +288,5 @@ def outline_cycle(cycle, log):
     gen = torch.Generator().manual_seed(config.SEED + 20 + cycle)
     unet, clip, tokenizer = shipped_models()
     return _fit(unet, clip, tokenizer, data, OUTLINE_STEPS, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
-                gen=gen, ema_warm_up=False, log=log, image_weights=image_weights, pixel_weights=pixel_weights)
+                gen=gen, ema_warm_up=False, log=log, device=device, image_weights=image_weights,
+                pixel_weights=pixel_weights)

@@ -62,11 +62,11 @@ def encode(vae, images_uint8, batch=64):
                       for i in range(0, len(images_uint8), batch)])
 
 
-def train(log):
+def train(log, device):
     clock = Clock()
     torch.manual_seed(config.SEED)
     rng = np.random.default_rng(config.SEED + 1)
-    vae = thin_taesd()
+    vae = thin_taesd().to(device)
     params = list(vae.taesd_encoder.parameters()) + list(vae.taesd_decoder.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     losses = []
@@ -75,7 +75,7 @@ def train(log):
             g["lr"] = cosine_lr(step, SCHEDULE_STEPS, LR, warmup=50)
         images, _, _ = make_batch(BATCH, rng)
         y0, x0 = rng.integers(0, images.shape[1] - CROP + 1, 2) // config.DOWNSCALE * config.DOWNSCALE
-        x = to_unit(np.ascontiguousarray(images[:, y0:y0 + CROP, x0:x0 + CROP]))
+        x = to_unit(np.ascontiguousarray(images[:, y0:y0 + CROP, x0:x0 + CROP])).to(device)
         z = vae.taesd_encoder(x)
         recon = vae.taesd_decoder(z + LATENT_NOISE * torch.randn_like(z))
         loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * z.pow(2).mean()
@@ -94,12 +94,13 @@ def finish(vae, losses, clock, log):
     vae.eval()
     with torch.no_grad():
         images, _, _ = make_batch(128, np.random.default_rng(config.SEED + 2))
-        raw = vae.taesd_encoder(to_unit(images))
+        x = to_unit(images).to(vae.vae_scale.device)
+        raw = vae.taesd_encoder(x)
         mean, std = raw.mean().item(), raw.std().item()
         vae.vae_scale.fill_(std)
         vae.vae_shift.fill_(-mean / std)
-        recon = vae.decode(vae.encode(to_unit(images) * 2 - 1)) * 0.5 + 0.5
-        psnr = (-10 * torch.log10(F.mse_loss(recon.clamp(0, 1), to_unit(images)))).item()
+        recon = vae.decode(vae.encode(x * 2 - 1)) * 0.5 + 0.5
+        psnr = (-10 * torch.log10(F.mse_loss(recon.clamp(0, 1), x))).item()
     save_fp16(full_state_dict(vae), config.VAE_FILE)
     log(f"vae done: PSNR {psnr:.2f} dB on 128 fresh images, raw latent mean {mean:.3f} std {std:.3f}")
     return {"minutes": clock.minutes(), "steps": STEPS, "schedule_steps": SCHEDULE_STEPS, "batch": BATCH,

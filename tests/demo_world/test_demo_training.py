@@ -26,7 +26,8 @@ def one_step(ema_warm_up):
     data = {"latents": torch.randn(4, config.LATENT_CHANNELS, 16, 16),
             "objects": torch.arange(4), "styles": torch.arange(4)}
     losses = diffusion._fit(unet, clip, tokenizer, data, steps=1, lr=0.05, warmup=1, max_weight=5.0,
-                            gen=torch.Generator().manual_seed(0), ema_warm_up=ema_warm_up, log=lambda msg: None)
+                            gen=torch.Generator().manual_seed(0), ema_warm_up=ema_warm_up, log=lambda msg: None,
+                            device=torch.device("cpu"))
     after = unet.state_dict()
     saved = {k: v.float() for k, v in load_file(str(config.UNET_FILE)).items()}
     return before, after, saved, losses
