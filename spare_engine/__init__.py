@@ -14,6 +14,7 @@ from .adapters import LoraAdapter, adapters_disabled, attached, build_adapters
 from .denoiser import Conditioning, Denoiser, model_fingerprint, weights_hash
 from .distill import DistillConfig, NonFiniteLossError, distill
 from .lora import FILE_DTYPES, ErasureLoRA
+from .runtime import NonFiniteModelError
 from .saliency import SaliencyMap, compute_saliency
 from .sampling import add_noise, prompt_latents, sample_ddim
 from .surrogates import rank_surrogates
@@ -28,6 +29,7 @@ __all__ = [
     "FILE_DTYPES",
     "LoraAdapter",
     "NonFiniteLossError",
+    "NonFiniteModelError",
     "SaliencyMap",
     "TimestepProfile",
     "__version__",

@@ -122,3 +122,15 @@ def release_cached_memory(device: torch.device | str) -> None:
     then training), so training lays its memory out afresh instead of around sampling's blocks."""
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+
+
+class NonFiniteModelError(RuntimeError):
+    """The host network predicted NaN or inf, so a stage could not measure anything."""
+
+
+def check_finite(stage: str, values: Iterable[torch.Tensor]) -> None:
+    """Raise NonFiniteModelError if any value is NaN or inf (one device sync for all of them)."""
+    if not torch.stack([v.isfinite().all() for v in values]).all():
+        raise NonFiniteModelError(
+            f"{stage}: the model's predictions were NaN or inf, so nothing could be measured. The checkpoint may be "
+            "broken (a failed merge or conversion), or fp16 overflowed: try the model in bf16 or fp32.")

@@ -22,8 +22,8 @@ from torch import nn
 
 from .artifacts import check_fingerprint, load_artifact, save_artifact
 from .denoiser import Denoiser, model_fingerprint
-from .runtime import (AutocastChoice, autocast, autograd_enabled, checkpoint_modules, checkpointed, gradients_only_for,
-                      release_cached_memory, resolve_autocast_dtype)
+from .runtime import (AutocastChoice, autocast, autograd_enabled, check_finite, checkpoint_modules, checkpointed,
+                      gradients_only_for, release_cached_memory, resolve_autocast_dtype)
 from .sampling import add_noise, prompt_latents
 from .version import __version__
 
@@ -184,6 +184,7 @@ def compute_saliency(
                 if callback is not None:
                     callback(n_samples, len(targets) * len(samples.t))
 
+    check_finite("saliency", row_scores.values())
     return SaliencyMap(
         row_scores={name: s.cpu() for name, s in row_scores.items()},
         row_sizes={name: layer.weight.shape[1:].numel() for name, layer in layers.items()},

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .denoiser import Denoiser
-from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
+from .runtime import AutocastChoice, autocast, check_finite, resolve_autocast_dtype
 from .sampling import prompt_latents
 from .timesteps import measured_levels, target_surrogate_divergence
 
@@ -57,5 +57,6 @@ def rank_surrogates(
         denoiser, target_conds,
         [denoiser.encode_prompts(prompts).to(denoiser.device) for prompts in candidates.values()],
         [latents[target] for target in targets], grid, torch.Generator().manual_seed(seed), precision, callback)
+    check_finite("surrogate ranking", [divergence])
     ranking = [(name, float(row.mean())) for name, row in zip(candidates, divergence)]
     return sorted(ranking, key=lambda pair: pair[1])

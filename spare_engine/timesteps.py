@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .artifacts import check_fingerprint, load_artifact, save_artifact
 from .denoiser import Conditioning, Denoiser, model_fingerprint
-from .runtime import AutocastChoice, autocast, resolve_autocast_dtype
+from .runtime import AutocastChoice, autocast, check_finite, resolve_autocast_dtype
 from .sampling import add_noise, forward_batch_rows, predict_eps_in_passes, prompt_latents
 from .version import __version__
 
@@ -132,6 +132,7 @@ def compute_timestep_profile(
     divergence = target_surrogate_divergence(denoiser, conds.select(list(range(pairs))),
                                              [conds.select(list(range(pairs, 2 * pairs)))],
                                              [x0[target] for target in targets], grid, generator, precision, callback)[0]
+    check_finite("timestep profile", [divergence])
 
     return TimestepProfile.from_divergence(
         grid, divergence, num_timesteps, uniform_mix,

@@ -82,6 +82,7 @@ def tiny_model(config_class, checkpoint_keys: dict, **unet_config):
         "use_temporal_resblock": False, **unet_config})
     with torch.inference_mode():
         base = config.get_model(checkpoint_keys)
+        tiny_checkpoints.fill_(base.diffusion_model, seed=0)  # ComfyUI's layers skip init: they expect a checkpoint
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -101,6 +102,25 @@ def test_sd2_prediction_is_read_from_its_weights_and_sets_the_native_size(sd15, 
     assert prediction_type(model.get_model_object("model_sampling")) == prediction
     d = denoiser_cls(model, clip)
     assert d.resolution == resolution and d.latent_shape == (4, resolution // 8, resolution // 8)
+
+
+def test_an_sd2_768_v_model_with_its_own_text_encoder_is_erased_and_left_unchanged(pack):
+    """SD2.x end to end: ComfyUI's SD2 text encoder (OpenCLIP ViT-H, random weights) and a small SD20-class
+    UNet whose weights say v-prediction, through the three nodes."""
+    import comfy.supported_models
+
+    norm_bias = torch.randn(320, generator=torch.Generator().manual_seed(0))
+    model = tiny_model(comfy.supported_models.SD20, {"output_blocks.11.1.transformer_blocks.0.norm1.bias": norm_bias},
+                       use_linear_in_transformer=True, context_dim=1024)
+    with torch.inference_mode():
+        clip = comfy.sd.CLIP(comfy.supported_models.SD20({"in_channels": 4}).clip_target(), parameters=0)
+        tiny_checkpoints.fill_(clip.cond_stage_model, seed=1)
+    comfy.model_management.load_models_gpu([model])
+    before = weights_hash(model.model)
+    _, lora = erase_with_nodes(model, clip, "a photo of a cat", "a photo of a dog", "a photo of a car", resolution=64)
+    assert lora and all(v.isfinite().all() for v in lora.values())
+    comfy.model_management.load_models_gpu([model])
+    assert weights_hash(model.model) == before
 
 
 def test_an_inpainting_unet_is_refused_by_name(sd15, denoiser_cls):

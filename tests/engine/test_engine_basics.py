@@ -1,4 +1,4 @@
-"""The package boundary, Conditioning, fingerprints, and the DDIM sampler."""
+"""The package boundary, Conditioning, fingerprints, the DDIM sampler, and a host that predicts NaN."""
 import os
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import torch
 import spare_engine
 from spare_engine import Conditioning, add_noise, model_fingerprint, sample_ddim, weights_hash
 
-from .tiny_denoiser import TinyDenoiser, scaled_linear_alphas_cumprod
+from .tiny_denoiser import NaNAfter, TinyDenoiser, scaled_linear_alphas_cumprod
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,3 +191,20 @@ def check_copies_only(strict: TinyDenoiser, plain: TinyDenoiser) -> None:
     smap = spare_engine.compute_saliency(strict, ["a cat"], n_latents=1, samples_per_latent=1, sampling_steps=3,
                                          top_modules=2, row_fraction=0.5)
     assert smap.model_fingerprint == model_fingerprint(plain.module)
+
+
+@pytest.mark.parametrize("stage, run", [
+    ("saliency", lambda d: spare_engine.compute_saliency(d, ["a cat"], n_latents=1, samples_per_latent=1,
+                                                         sampling_steps=2)),
+    ("timestep profile", lambda d: spare_engine.compute_timestep_profile(d, ["a cat"], ["a dog"], grid_size=3,
+                                                                         n_latents=1, sampling_steps=2)),
+    ("surrogate ranking", lambda d: spare_engine.rank_surrogates(d, ["a cat"], {"dog": ["a dog"]}, grid_size=3,
+                                                                 n_latents=1, sampling_steps=2)),
+])
+def test_a_model_that_predicts_nan_is_named_as_the_cause(stage, run):
+    """A broken checkpoint (or an fp16 overflow) makes every score NaN; the stage says so instead of
+    handing NaN on to a chart or a sampler that fails with an unrelated message."""
+    model = NaNAfter(seed=0)
+    model.poisoned = True
+    with pytest.raises(spare_engine.NonFiniteModelError, match=rf"^{stage}: the model's predictions were NaN or inf"):
+        run(model)
