@@ -68,9 +68,10 @@ class ComfyDenoiser:
         discrete = isinstance(sampling, comfy.model_sampling.ModelSamplingDiscrete) and not isinstance(
             sampling, comfy.model_sampling.ModelSamplingDiscreteEDM) and len(sampling.sigmas) == 1000
         if prediction not in ("eps", "v_prediction") or not discrete:
+            levels = len(getattr(sampling, "sigmas", ()))
             raise ValueError(
                 f"model: {family} with {type(sampling).__name__} sampling ({prediction} prediction, "
-                f"{len(sampling.sigmas)} noise levels) is not supported; SPARE needs a UNet that predicts eps "
+                f"{levels} noise levels) is not supported; SPARE needs a UNet that predicts eps "
                 "or v on a discrete 1000-step schedule (SD1.x, SD2.x, SDXL, the SPARE demo model)."
             )
         if not hasattr(model.model, "diffusion_model") or not hasattr(model.model.diffusion_model, "input_blocks"):
