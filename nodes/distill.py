@@ -10,6 +10,7 @@ from .prompts import retain_lines, target_surrogate_pairs
 from .types import LoraModel, Saliency, Timesteps, resolution_input
 
 DEFAULT = DistillConfig()  # the engine's defaults are the node's defaults
+DEFAULT_SAVE_DTYPE = "fp16"  # the file's precision; a key of FILE_DTYPES
 
 
 class SpareDistill(io.ComfyNode):
@@ -63,7 +64,7 @@ class SpareDistill(io.ComfyNode):
                                 tooltip="If set, the LoRA is also saved as models/loras/<save_name>.safetensors "
                                 "(a plain file name; no folders)."),
                 resolution_input(),
-                io.Combo.Input("save_dtype", options=list(FILE_DTYPES), default="fp16", optional=True,
+                io.Combo.Input("save_dtype", options=list(FILE_DTYPES), default=DEFAULT_SAVE_DTYPE, optional=True,
                                tooltip="Precision of the saved file. fp16 halves it: on the demo erasure every "
                                        "test image was judged as with fp32, pixels within 2/255. The LORA_MODEL "
                                        "output keeps float32."),
@@ -79,7 +80,8 @@ class SpareDistill(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, saliency, timesteps, targets: str, surrogates: str, retain: str, rank: int,
                 steps: int, learning_rate: float, forget_weight: float, retain_weight: float, batch_size: int,
-                seed: int, save_name: str, resolution: int, save_dtype: str = "fp16") -> io.NodeOutput:
+                seed: int, save_name: str, resolution: int,
+                save_dtype: str = DEFAULT_SAVE_DTYPE) -> io.NodeOutput:
         target_list, surrogate_list = target_surrogate_pairs(targets, surrogates)
         retain_list = retain_lines(retain, target_list)
         save_path = lora_save_path(save_name) if save_name.strip() else None  # refuse a bad name before training

@@ -186,7 +186,8 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         ids[drop] = empty
         context = text_model(ids.to(device))[0]
 
-        x0 = latents[idx.to(device)] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
+        rows = idx.to(device)  # the batch's images, indexed on the device
+        x0 = latents[rows] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
         t = torch.randint(0, len(abar), (BATCH,), generator=gen).to(device)
         # Offset noise: part of the noise is a flat shift of each channel, so the model cannot take
         # the noisy latent's mean colour for the image's and has to read colour from the prompt.
@@ -201,7 +202,7 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         weight = (1 / abar[t]).clamp(max=max_weight)
         error = F.mse_loss(pred, noise, reduction="none")
         if pixel_weights is not None:
-            error = error * pixel_weights[idx.to(device)]
+            error = error * pixel_weights[rows]
         loss = (weight * error.mean(dim=(1, 2, 3))).mean()
 
         opt.zero_grad(set_to_none=True)
