@@ -70,21 +70,13 @@ def test_other_predictions_are_refused_by_name(sd15, denoiser_cls, sampling):
 
 
 def tiny_model(config_class, checkpoint_keys: dict, **unet_config):
-    """A small UNet of a ComfyUI model class (random weights), built as ComfyUI builds one from a checkpoint
-    holding `checkpoint_keys` (what some classes read their prediction type from)."""
-    import comfy.model_patcher
-
-    config = config_class({
+    """A small SD-style UNet of a ComfyUI model class; `unet_config` overrides its layout."""
+    return tiny_checkpoints.comfy_model(config_class, {
         "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64, "num_res_blocks": [1],
         "channel_mult": (1,), "transformer_depth": [1], "transformer_depth_output": [1, 1],
         "transformer_depth_middle": 1, "context_dim": 768, "adm_in_channels": None, "use_spatial_transformer": True,
         "use_linear_in_transformer": False, "legacy": False, "use_temporal_attention": False,
-        "use_temporal_resblock": False, **unet_config})
-    with torch.inference_mode():
-        base = config.get_model(checkpoint_keys)
-        tiny_checkpoints.fill_(base.diffusion_model, seed=0)  # ComfyUI's layers skip init: they expect a checkpoint
-    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=comfy.model_management.unet_offload_device())
+        "use_temporal_resblock": False, **unet_config}, checkpoint_keys)
 
 
 @pytest.mark.parametrize("norm_std, prediction, resolution", [(0.0, "eps", 512), (1.0, "v_prediction", 768)])

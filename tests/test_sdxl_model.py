@@ -33,14 +33,7 @@ def tiny_sdxl_model(checkpoint_markers: dict[str, torch.Tensor],
                     config_class=comfy.supported_models.SDXL) -> comfy.model_patcher.ModelPatcher:
     """The tiny SDXL UNet as ComfyUI builds it from a checkpoint holding these marker keys
     (a v-prediction SDXL checkpoint holds "v_pred", and "ztsnr" when trained for zero terminal SNR)."""
-    mm = comfy.model_management
-    model_config = config_class(dict(TINY_SDXL_UNET))
-    model_config.set_inference_dtype(torch.float32, None)
-    with torch.inference_mode():  # as ComfyUI's executor loads models
-        base = model_config.get_model(checkpoint_markers)
-        tiny_checkpoints.fill_(base.diffusion_model, seed=0)
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    return tiny_checkpoints.comfy_model(config_class, TINY_SDXL_UNET, checkpoint_markers)
 
 
 @pytest.fixture(scope="module")

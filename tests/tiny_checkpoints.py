@@ -38,6 +38,22 @@ def fill_(module: torch.nn.Module, seed: int, std: float = 0.02) -> torch.nn.Mod
     return module
 
 
+def comfy_model(config_class, unet_config: dict, checkpoint_keys: dict, seed: int = 0):
+    """A float32 UNet of a ComfyUI model class (`comfy.supported_models.*`) with random weights, as a
+    ModelPatcher, built as ComfyUI builds one from a checkpoint holding `checkpoint_keys` (what some
+    classes read their prediction type from)."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    config = config_class(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():  # as ComfyUI's executor loads models
+        base = config.get_model(checkpoint_keys)
+        fill_(base.diffusion_model, seed)  # ComfyUI's layers skip init: they expect a checkpoint
+    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 def tiny_sd15_unet() -> torch.nn.Module:
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
