@@ -157,6 +157,32 @@ def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
     assert report["eager"]["cuda_graphs_used"] is False
     assert "graphed" not in report and "speedup" not in report
 
+def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weights(tmp_path):
+    """bench/gpu/train_probe.py (issue #3's retrain on a GPU): on the CPU only the eager training steps run;
+    it trains from the shipped weights and must write its own elsewhere."""
+    import hashlib
+
+    from demo_world import config
+
+    def digests():
+        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in (config.UNET_FILE, config.TEXT_ENCODER_FILE)}
+
+    before = digests()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gpu.train_probe", "--steps", "2", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads((tmp_path / "train_probe.json").read_text())
+    assert "error" not in report["eager"], report["eager"].get("traceback")
+    assert report["eager"]["ms_per_step"] > 0 and len(report["eager"]["first_losses"]) == 2
+    assert all(loss > 0 for loss in report["eager"]["first_losses"])
+    assert report["eager"]["warnings"] == []
+    assert "graphed" not in report and "speedup" not in report
+    assert digests() == before
+
+
 
 def test_diagnose_runs_its_variants_on_the_cpu(tmp_path):
     """bench/gpu/diagnose.py, which a GPU session runs in one call: each variant it would run there, on the tiny SD1.5."""

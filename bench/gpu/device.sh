@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 set +e  # the log is filtered (no progress-bar lines) and kept; the exit status is the benchmark's
 TOOL=run
-case "${1:-}" in diagnose|graphs_probe|train) TOOL="$1"; shift ;; esac
+case "${1:-}" in diagnose|graphs_probe|train_probe|train) TOOL="$1"; shift ;; esac
 if [ "$TOOL" = train ]; then
   # The retrained weights and the training report come back in $OUT (7 files, each under 16 MiB).
   "$PY" -m demo_world.train --threads "$(nproc)" "$@" 2>&1 | tee "$OUT/gpu_train.log"

@@ -11,10 +11,11 @@ import hashlib
 import os
 import types
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+
+from spare_engine.cuda_graphs import ReplayedStep, use_cuda_graphs
 
 from .. import config
 from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, make_grid_set, make_grid_set_with_masks, prompt
@@ -134,13 +135,15 @@ class EMA:
         self.modules = modules
         self.warm_up = warm_up
         self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+        # The live tensors beside their averages, gathered once: the optimizer updates them in place.
+        live = [m.state_dict() for m in modules]
+        self._averages = [shadow[k] for shadow in self.shadow for k in shadow]
+        self._current = [state[k] for state, shadow in zip(live, self.shadow) for k in shadow]
 
     @torch.no_grad()
     def update(self, step):
         decay = min(EMA_DECAY, (1 + step) / (10 + step)) if self.warm_up else EMA_DECAY
-        for m, shadow in zip(self.modules, self.shadow):
-            for k, v in m.state_dict().items():
-                shadow[k].lerp_(v.detach(), 1 - decay)
+        torch._foreach_lerp_(self._averages, self._current, 1 - decay)
 
 
 def save(ema):
@@ -150,12 +153,14 @@ def save(ema):
 
 
 def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log, device,
-         image_weights=None, pixel_weights=None):
+         image_weights=None, pixel_weights=None, cuda_graphs="auto"):
     """The training loop every phase shares; saves the EMA weights and returns the eps-MSE per step.
 
     image_weights [N]: how often each training image is drawn (None: uniformly);
     pixel_weights [N, 1, h, w]: per-latent-pixel loss weights, mean 1 (None: all 1).
-    Every random draw comes from `gen` on the CPU, then moves to `device`: the draws do not depend on the device."""
+    Every random draw comes from `gen` on the CPU, then moves to `device`: the draws do not depend on the device.
+    cuda_graphs ("auto": on CUDA): replay the step as a CUDA graph after a few eager steps (spare_engine.cuda_graphs);
+    a step of this small network is mostly kernel launches and Python, which a replay skips."""
     clock = Clock()
     unet.to(device)
     clip.to(device)
@@ -169,30 +174,18 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
 
     embeddings = [text_model.get_input_embeddings().weight, text_model.text_model.embeddings.position_embedding.weight]
     others = [p for p in list(unet.parameters()) + list(clip.parameters()) if all(p is not e for e in embeddings)]
+    graphed = use_cuda_graphs(cuda_graphs, device)
+    # A replayed graph reads the learning rate from the tensor it was recorded with; eager steps take a number.
+    group_lr = (lambda: torch.tensor(lr, device=device)) if graphed else (lambda: lr)
     # No weight decay on embeddings: rows of unused tokens would just shrink towards zero.
-    opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.01},
-                             {"params": embeddings, "weight_decay": 0.0}], lr=lr)
-    losses = []
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, steps, lr, warmup=warmup)
-        if image_weights is None:
-            idx = torch.randint(0, len(latents), (BATCH,), generator=gen)
-        else:
-            idx = torch.multinomial(image_weights, BATCH, replacement=True, generator=gen)
-        template = torch.randint(0, len(PROMPT_TEMPLATES), (BATCH,), generator=gen)
-        ids = tokens[objects[idx], styles[idx], template]
-        drop = torch.rand(BATCH, generator=gen) < UNCOND_P
-        ids[drop] = empty
-        context = text_model(ids.to(device))[0]
+    opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.01, "lr": group_lr()},
+                             {"params": embeddings, "weight_decay": 0.0, "lr": group_lr()}], lr=lr, capturable=graphed)
 
-        rows = idx.to(device)  # the batch's images, indexed on the device
+    def train_step(ids, rows, t, noise):
+        """Forward, loss, backward, clipping and update of one batch, without a host sync (so that it can be
+        replayed as a graph); returns [the weighted loss, the plain eps-MSE]."""
+        context = text_model(ids)[0]
         x0 = latents[rows] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
-        t = torch.randint(0, len(abar), (BATCH,), generator=gen).to(device)
-        # Offset noise: part of the noise is a flat shift of each channel, so the model cannot take
-        # the noisy latent's mean colour for the image's and has to read colour from the prompt.
-        noise = (torch.randn(x0.shape, generator=gen)
-                 + OFFSET_NOISE * torch.randn(BATCH, x0.shape[1], 1, 1, generator=gen)).to(device)
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t.float(), context=context)
@@ -204,19 +197,44 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         if pixel_weights is not None:
             error = error * pixel_weights[rows]
         loss = (weight * error.mean(dim=(1, 2, 3))).mean()
-
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(others, 1.0)
         opt.step()
+        return torch.stack([loss.detach(), F.mse_loss(pred.detach(), noise)])
+
+    run_step = ReplayedStep(train_step, opt, graphed)
+    mse = torch.zeros(steps, device=device)  # per step, read only when logged: no host sync per step
+    for step in range(steps):
+        rate = cosine_lr(step, steps, lr, warmup=warmup)
+        for g in opt.param_groups:
+            if graphed:
+                g["lr"].fill_(rate)
+            else:
+                g["lr"] = rate
+        if image_weights is None:
+            idx = torch.randint(0, len(latents), (BATCH,), generator=gen)
+        else:
+            idx = torch.multinomial(image_weights, BATCH, replacement=True, generator=gen)
+        template = torch.randint(0, len(PROMPT_TEMPLATES), (BATCH,), generator=gen)
+        ids = tokens[objects[idx], styles[idx], template]
+        drop = torch.rand(BATCH, generator=gen) < UNCOND_P
+        ids[drop] = empty
+        t = torch.randint(0, len(abar), (BATCH,), generator=gen)
+        # Offset noise: part of the noise is a flat shift of each channel, so the model cannot take
+        # the noisy latent's mean colour for the image's and has to read colour from the prompt.
+        noise = (torch.randn((BATCH, *latents.shape[1:]), generator=gen)
+                 + OFFSET_NOISE * torch.randn(BATCH, latents.shape[1], 1, 1, generator=gen))
+        mse[step] = run_step(ids.to(device), idx.to(device), t.to(device), noise.to(device))[1]
         ema.update(step)
-        losses.append(F.mse_loss(pred.detach(), noise).item())
         if step % 50 == 0 or step == steps - 1:
-            log(f"diffusion step {step} eps-mse {np.mean(losses[-50:]):.4f} ({clock.minutes():.1f} min)")
+            log(f"diffusion step {step} eps-mse {mse[max(0, step - 49):step + 1].mean().item():.4f} "
+                f"({clock.minutes():.1f} min)")
         if (step + 1) % CHECKPOINT_EVERY == 0:
             save(ema)
     save(ema)
-    return losses
+    if graphed and not run_step.graphed:
+        log("the training step ran eagerly: its CUDA graph capture failed (see the warning above)")
+    return mse.tolist()
 
 
 def train(log, device):
