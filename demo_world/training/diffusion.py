@@ -132,7 +132,6 @@ class EMA:
     random initial weights are not frozen in; from trained weights it does not."""
 
     def __init__(self, modules, warm_up):
-        self.modules = modules
         self.warm_up = warm_up
         self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
         # The live tensors beside their averages, gathered once: the optimizer updates them in place.
