@@ -37,7 +37,7 @@ class SpareDistill(io.ComfyNode):
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept). "
                                         "List what you need unchanged, the concepts nearest the target first: on the "
-                                        "demo model every kept concept that changed was one left off this list."),
+                                        "demo model nearly every kept concept that changed was one left off this list."),
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
                              tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
@@ -45,7 +45,8 @@ class SpareDistill(io.ComfyNode):
                              tooltip="Optimisation steps; the time grows with them. If erased images still show "
                                      "traces of the target, more steps complete the substitution. Erasing several "
                                      "concepts at once, give each about this many: on the demo model three styles "
-                                     "with 600 steps kept their pictures' objects far better than with 200."),
+                                     "with 600 steps and every other style retained were erased and kept the other "
+                                     "styles and the pictures' objects far better than with 200."),
                 io.Float.Input("learning_rate", default=DEFAULT.lr, min=1e-7, max=1.0, step=1e-5,
                                tooltip="AdamW learning rate of the adapter weights. The default is tuned on the demo model; "
                                        "if retained concepts drift on a large model, lower it."),
