@@ -157,6 +157,7 @@ def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
     assert report["eager"]["cuda_graphs_used"] is False
     assert "graphed" not in report and "speedup" not in report
 
+
 def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weights(tmp_path):
     """bench/gpu/train_probe.py (issue #3's retrain on a GPU): on the CPU only the eager training steps run;
     it trains from the shipped weights and must write its own elsewhere."""
@@ -181,7 +182,6 @@ def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weigh
     assert report["eager"]["warnings"] == []
     assert "graphed" not in report and "speedup" not in report
     assert digests() == before
-
 
 
 def test_diagnose_runs_its_variants_on_the_cpu(tmp_path):

@@ -133,11 +133,12 @@ class EMA:
 
     def __init__(self, modules, warm_up):
         self.warm_up = warm_up
-        self.shadow = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
-        # The live tensors beside their averages, gathered once: the optimizer updates them in place.
-        live = [m.state_dict() for m in modules]
-        self._averages = [shadow[k] for shadow in self.shadow for k in shadow]
-        self._current = [state[k] for state, shadow in zip(live, self.shadow) for k in shadow]
+        # The live tensors (state_dict aliases them) beside their averages, gathered once: the optimizer
+        # updates them in place.
+        states = [m.state_dict() for m in modules]
+        self.shadow = [{k: v.detach().clone() for k, v in state.items()} for state in states]
+        self._current = [v for state in states for v in state.values()]
+        self._averages = [v for shadow in self.shadow for v in shadow.values()]
 
     @torch.no_grad()
     def update(self, step):
