@@ -113,6 +113,8 @@ def markdown(result: dict) -> str:
     multi = result.get("multi", [])
     if multi:
         lines += ["", "## Multi-concept (styles erased at once into one result)", "",
+                  "An iterative method gets its single-concept steps once per erased concept "
+                  "(`bench.run.per_concept_budget`).", "",
                   "| method | concepts | UA | IRA | CRA | time (s) | stored | trainable params |", "|---|---|---|---|---|---|---|---|"]
         for r in multi:
             lines.append(f"| {r['method']} | {r['n_concepts']}: {', '.join(r['targets'])} | {_pct(r['UA'])} | {_pct(r['IRA'])} | "

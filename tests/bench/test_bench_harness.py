@@ -17,6 +17,7 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
     for t, s in zip(task.targets, task.surrogates):
         assert "heart" in t and t.replace("heart", "cross") == s
     assert len(task.retain) == QUICK.retain_prompts and not any("heart" in r for r in task.retain)
+    assert task.retain_concepts == [o for o in OBJECTS if o != "heart"]  # the quick profile lists every kept one
     several = run.build_task(["heart"], replace(QUICK, retain_partners=3))
     assert len(several.retain) == 3 * QUICK.retain_prompts and len(set(several.retain)) == len(several.retain)
     for i, concept in enumerate(several.retain_concepts):  # three prompts per kept concept, three different styles
@@ -32,6 +33,17 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
     assert ranked.surrogate_concepts == ["Sunset", "Sunset"]
     assert [t.replace("Watercolor", "Sunset").replace("Neon", "Sunset") for t in ranked.targets] == ranked.surrogates
     assert ranked.targets == multi.targets  # the ranking changes the surrogates only
+
+
+def test_multi_concept_budget_scales_iterative_methods_only():
+    from bench.baselines import esd, salun, spare, uce
+
+    assert run.per_concept_budget(spare.SpareConfig(steps=200), 3).steps == 600
+    assert run.per_concept_budget(salun.SalUnConfig(steps=50, sampling_steps=20), 6).sampling_steps == 20
+    scaled = run.per_concept_budget(esd.ESDConfig.demo("x"), 3)
+    assert scaled.iterations == 3 * esd.ESDConfig.demo("x").iterations
+    assert scaled.ddim_steps == esd.ESDConfig.demo("x").ddim_steps
+    assert run.per_concept_budget(uce.UCEConfig.demo(), 6) == uce.UCEConfig.demo()
 
 
 def test_quick_eval_set_covers_every_concept():
