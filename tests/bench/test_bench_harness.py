@@ -39,7 +39,8 @@ def test_multi_concept_budget_scales_iterative_methods_only():
     from bench.baselines import esd, salun, spare, uce
 
     assert run.per_concept_budget(spare.SpareConfig(steps=200), 3).steps == 600
-    assert run.per_concept_budget(salun.SalUnConfig(steps=50, sampling_steps=20), 6).sampling_steps == 20
+    salun_scaled = run.per_concept_budget(salun.SalUnConfig(steps=50, sampling_steps=20), 6)
+    assert (salun_scaled.steps, salun_scaled.sampling_steps) == (300, 20)
     scaled = run.per_concept_budget(esd.ESDConfig.demo("x"), 3)
     assert scaled.iterations == 3 * esd.ESDConfig.demo("x").iterations
     assert scaled.ddim_steps == esd.ESDConfig.demo("x").ddim_steps
