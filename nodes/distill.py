@@ -37,7 +37,8 @@ class SpareDistill(io.ComfyNode):
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept). "
                                         "List what you need unchanged, the concepts nearest the target first: on the "
-                                        "demo model nearly every kept concept that changed was one left off this list."),
+                                        "demo model, concepts left off this list changed most often, though a listed "
+                                        "one can still change (erasing arrow drew moon as a circle either way)."),
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
                              tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
