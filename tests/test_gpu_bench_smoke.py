@@ -145,11 +145,15 @@ def test_real_size_sd15_and_sdxl_layouts_are_detected_by_comfyui():
 
 def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
     """bench/gpu/graphs_probe.py: on the CPU only the eager distill steps run (CUDA graphs need a GPU)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.graphs_probe", "--tiny", "--steps", "5", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert list(scratch.iterdir()) == []  # the scratch checkpoint's folder goes with its file
     report = json.loads((tmp_path / "graphs_probe_sd15.json").read_text())
     assert "error" not in report["eager"], report["eager"].get("traceback")
     assert report["eager"]["ms_per_step"] > 0 and len(report["eager"]["last_losses"]) == 3
@@ -188,12 +192,16 @@ def test_diagnose_runs_its_variants_on_the_cpu(tmp_path):
     """bench/gpu/diagnose.py, which a GPU session runs in one call: each variant it would run there, on the tiny SD1.5."""
     variants = ["saliency_ckpt_on", "saliency_bf16_compute_ckpt_on", "profile", "distill_ckpt_on_bf16",
                 "distill_ckpt_on_bf16_channels_last", "distill_ckpt_on_bf16_compute"]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.diagnose", "--tiny", "--family", "sd15", "--steps", "3", "--no-profiler",
          "--only", ",".join(variants), "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert list(scratch.iterdir()) == []  # the scratch checkpoint's folder goes with its file
     runs = json.loads((tmp_path / "diagnose_sd15.json").read_text())["runs"]
     assert sorted(runs) == sorted(variants)
     for name, run in runs.items():

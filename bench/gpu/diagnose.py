@@ -157,7 +157,6 @@ def main() -> int:
                                                            autocast_dtype=None))
 
         if args.no_profiler:
-            path.unlink(missing_ok=True)
             return 0
         from torch.profiler import ProfilerActivity, profile, schedule
         config = dataclasses.replace(DistillConfig(), steps=6, latents_per_prompt=1, gradient_checkpointing=True)
@@ -173,7 +172,6 @@ def main() -> int:
             print(text[:6000], flush=True)
         except Exception as e:  # noqa: BLE001
             print("profile failed", e, traceback.format_exc(), flush=True)
-    path.unlink(missing_ok=True)
     return 0
 
 

@@ -29,6 +29,7 @@ short still leaves what it measured.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -272,11 +273,13 @@ class Stage:
 
 def scratch_checkpoint(family: str, tiny: bool) -> tuple[Path, int | None]:
     """For the one-call GPU tools (diagnose.py, graphs_probe.py): a random-weight checkpoint of `family`
-    in a fresh temporary folder (--tiny: the tests' tiny SD1.5 for a CPU dry run) and the resolution
-    input to erase at (None: the model's native one)."""
+    in a fresh temporary folder, removed with its file when the process exits (--tiny: the tests' tiny SD1.5
+    for a CPU dry run), and the resolution input to erase at (None: the model's native one)."""
     from bench.gpu import checkpoints
 
-    path = Path(tempfile.mkdtemp(prefix="spare-ckpt-")) / f"random_{family}.safetensors"
+    folder = tempfile.mkdtemp(prefix="spare-ckpt-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / f"random_{family}.safetensors"
     if tiny:
         checkpoints.write_tiny_checkpoint("sd15", path)
         return path, TINY_RESOLUTION
