@@ -596,14 +596,14 @@ def benchmark(bench: Bench, profile: Profile, name: str, methods: list[str], wri
             result["multi"].append({**bench.substitution(task, eval_items(task.domain, task.concepts, profile)),
                                     "n_concepts": size})
         for method in profile.multi_methods:
-            if bench.over_budget():
-                result["skipped"].append(f"{method} on {size} concepts")
-                continue
             # One concept at once is the single-target erasure: its row, if this run has made it, is reused.
             rows = earlier("multi", method, task.concepts) or [
                 r for r in result["rows"] if size == 1 and r["method"] == method and r["targets"] == task.concepts]
-            result["multi"] += [{**r, "n_concepts": size} for r in rows] or [
-                {**r, "n_concepts": size} for r in bench.row(method, per_concept_budget(configs[method], size), task)]
+            if not rows and bench.over_budget():
+                result["skipped"].append(f"{method} on {size} concepts")
+                continue
+            rows = rows or bench.row(method, per_concept_budget(configs[method], size), task)
+            result["multi"] += [{**r, "n_concepts": size} for r in rows]
             write(result)
     result["host_unchanged"] = bench.weights_hash(bench.model.model.diffusion_model) == bench.host_hash
     result["minutes"] = bench.minutes()

@@ -203,3 +203,65 @@ def test_engine_check_judges_each_targets_mean_over_seeds_against_issue_4s_thres
     assert "| Blueprint (style) CRA | 89.0% (seeds: 87.0-91.0), mean of 2 (>= 90%) | **no** |" in text
     assert "| Blueprint | 0, 1 | 100.0 (100.0-100.0) | 100.0 (100.0-100.0) | 89.0 (87.0-91.0) | 43.0 |" in text
     assert "9.0 / 6.0 / 11.0 / 20.0" in text
+
+
+class _RecordingBench:
+    """Stands in for Bench's erasing and judging (minutes each on the CPU) to check what `benchmark` runs, in what
+    order, and what a time budget cuts; prompts, eval sets and the result's bookkeeping are the real ones."""
+
+    def __init__(self, profile, out_of_time_after: int | None = None):
+        self.profile, self.calls, self.rankings, self.classifiers_ok = profile, [], {}, True
+        self.out_of_time_after = out_of_time_after  # erasures allowed before the budget runs out
+        self.model = type("Model", (), {"model": type("Inner", (), {"diffusion_model": None})()})()
+        self.host_hash = "h"
+
+    def task(self, concepts):
+        return run.build_task(concepts, self.profile)
+
+    def over_budget(self):
+        return self.out_of_time_after is not None and len(self.calls) >= self.out_of_time_after
+
+    def row(self, method, config, task, label=None, strengths=(1.0,)):
+        self.calls.append((label or method, tuple(task.concepts)))
+        return [{"method": label or method, "domain": task.domain, "targets": task.concepts, "strength": s,
+                 "UA": 1.0, "IRA": 1.0, "CRA": 1.0, "seconds": float(len(self.calls))} for s in strengths]
+
+    def erase(self, method, config, task):
+        self.calls.append(("ESD-x paper timing", tuple(task.concepts)))
+        return {"seconds": 1.0}
+
+    def reference_rows(self, task, items):
+        return [{"method": run.ORIGINAL, "domain": task.domain, "targets": task.concepts, "UA": 0.0, "IRA": 1.0, "CRA": 1.0}]
+
+    def substitution(self, task, items):
+        return {"method": run.SUBSTITUTION, "targets": task.concepts}
+
+    def weights_hash(self, module):
+        return "h"
+
+    def minutes(self):
+        return 0.0
+
+
+def test_benchmark_times_esd_x_before_the_ablations_and_reuses_the_one_concept_row():
+    bench = _RecordingBench(QUICK)
+    result = run.benchmark(bench, QUICK, "t", ["SPARE", "ESD-x", "UCE"], write=lambda r: None)
+    order = [label for label, _ in bench.calls]
+    assert order.index("ESD-x paper timing") < order.index(next(iter(run.ABLATIONS)))
+    # each method erases the one style once, as a target; its one-concept multi row makes no second erasure
+    assert [label for label, concepts in bench.calls if concepts == (run.MULTI[0],) and label in ("SPARE", "UCE")] \
+        == ["SPARE", "UCE"]
+    one = {r["method"]: r for r in result["multi"] if r.get("n_concepts") == 1 and "seconds" in r}
+    single = {r["method"]: r for r in result["rows"] if r["targets"] == [run.MULTI[0]]}
+    assert sorted(one) == ["SPARE", "UCE"] and all(one[m]["seconds"] == single[m]["seconds"] for m in one)
+    assert [r["method"] for r in result["multi"] if r.get("n_concepts") == 6] == [run.SUBSTITUTION, "UCE", "SPARE"]
+    assert result["skipped"] == []
+
+
+def test_a_spent_budget_skips_new_erasures_but_not_reused_rows():
+    every_target = 4 * 3  # 4 targets x (SPARE, ESD-x, UCE)
+    bench = _RecordingBench(QUICK, out_of_time_after=every_target)
+    result = run.benchmark(bench, QUICK, "t", ["SPARE", "ESD-x", "UCE"], write=lambda r: None)
+    assert len(bench.calls) == every_target
+    assert "ESD-x paper-setting timing" in result["skipped"] and "UCE on 3 concepts" in result["skipped"]
+    assert {r["method"] for r in result["multi"] if r.get("n_concepts") == 1 and "seconds" in r} == {"SPARE", "UCE"}
