@@ -35,16 +35,20 @@ def missing(record: dict, fields: set) -> set:
 
 
 def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.run", "--tiny", "--models", "sd15", "--out", str(tmp_path),
          "--profile", "--also-checkpointed"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)},
     )
     elapsed = time.monotonic() - started
     log = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, f"bench.gpu.run --tiny failed ({proc.returncode}) after {elapsed:.0f}s:\n{log}"
+    # the checkpoint's and the adapters' scratch folders go when the run ends
+    assert [p.name for p in scratch.glob("spare-*")] == []
     print(f"bench.gpu.run --tiny --models sd15: {elapsed:.1f}s")
 
     results = json.loads(next(tmp_path.glob("gpu_*.json")).read_text())

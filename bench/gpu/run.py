@@ -33,6 +33,7 @@ import atexit
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import hashlib
 import importlib
@@ -271,15 +272,20 @@ class Stage:
         return False
 
 
+def scratch_folder(prefix: str) -> Path:
+    """A fresh temporary folder, removed with everything in it when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def scratch_checkpoint(family: str, tiny: bool) -> tuple[Path, int | None]:
     """For the one-call GPU tools (diagnose.py, graphs_probe.py): a random-weight checkpoint of `family`
     in a fresh temporary folder, removed with its file when the process exits (--tiny: the tests' tiny SD1.5
     for a CPU dry run), and the resolution input to erase at (None: the model's native one)."""
     from bench.gpu import checkpoints
 
-    folder = tempfile.mkdtemp(prefix="spare-ckpt-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = Path(folder) / f"random_{family}.safetensors"
+    path = scratch_folder("spare-ckpt-") / f"random_{family}.safetensors"
     if tiny:
         checkpoints.write_tiny_checkpoint("sd15", path)
         return path, TINY_RESOLUTION
@@ -797,13 +803,9 @@ def run_model(family: str, args, engine_denoiser, defaults: dict, ckpt_dir: Path
     return rec
 
 
-_TMP: list[Path] = []
-
-
+@functools.cache
 def out_dir_tmp() -> Path:
-    if not _TMP:
-        _TMP.append(Path(tempfile.mkdtemp(prefix="spare-gpu-bench-")))
-    return _TMP[0]
+    return scratch_folder("spare-gpu-bench-")
 
 
 def log(message: str) -> None:
@@ -1144,7 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
         results["allocator"] = torch.cuda.get_allocator_backend()
         if args.allocator and results["allocator"] != args.allocator:
             log(f"--allocator {args.allocator} was asked for, but torch runs {results['allocator']}")
-    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else Path(tempfile.mkdtemp(prefix="spare-ckpt-"))
+    ckpt_dir = Path(args.checkpoint_dir) if args.checkpoint_dir else scratch_folder("spare-ckpt-")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1159,10 +1161,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         results["total_s"] = time.perf_counter() - started
         json_path, md_path = write_results(results, out)
-        for path in _TMP:
-            shutil.rmtree(path, ignore_errors=True)
-        if not args.checkpoint_dir:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
     log(f"wrote {json_path} and {md_path} in {results['total_s']:.0f}s")
     failed = [f for f, m in results["models"].items()
               if any("error" in (m.get(k) or {}) for k in ("spare", "esd_x", "server"))]
