@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 STAGE_FIELDS = {"unit", "wall_s", "steps", "steps_total", "steps_per_s", "loop_steps_per_s", "before_first_step_s",
@@ -34,9 +36,15 @@ def missing(record: dict, fields: set) -> set:
     return fields - set(record)
 
 
-def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path):
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+@pytest.fixture
+def scratch(tmp_path):
+    """An empty TMPDIR of the test's own for a subprocess, so the test can check what the run leaves in it."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    return folder
+
+
+def test_tiny_gpu_benchmark_runs_on_cpu_and_writes_every_field(tmp_path, scratch):
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.run", "--tiny", "--models", "sd15", "--out", str(tmp_path),
@@ -147,10 +155,8 @@ def test_real_size_sd15_and_sdxl_layouts_are_detected_by_comfyui():
         assert report["ok"], report
 
 
-def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path):
+def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path, scratch):
     """bench/gpu/graphs_probe.py: on the CPU only the eager distill steps run (CUDA graphs need a GPU)."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.graphs_probe", "--tiny", "--steps", "5", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -192,12 +198,10 @@ def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weigh
     assert digests() == before
 
 
-def test_diagnose_runs_its_variants_on_the_cpu(tmp_path):
+def test_diagnose_runs_its_variants_on_the_cpu(tmp_path, scratch):
     """bench/gpu/diagnose.py, which a GPU session runs in one call: each variant it would run there, on the tiny SD1.5."""
     variants = ["saliency_ckpt_on", "saliency_bf16_compute_ckpt_on", "profile", "distill_ckpt_on_bf16",
                 "distill_ckpt_on_bf16_channels_last", "distill_ckpt_on_bf16_compute"]
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.diagnose", "--tiny", "--family", "sd15", "--steps", "3", "--no-profiler",
          "--only", ",".join(variants), "--out", str(tmp_path)],
