@@ -14,7 +14,7 @@ SIZE = 128
 
 OBJECTS = [
     "circle", "square", "triangle", "star", "heart", "cross",
-    "ring", "moon", "arrow", "hexagon", "diamond", "pentagon",
+    "ring", "moon", "arrow", "hexagon", "diamond", "hourglass",
 ]
 
 STYLES = [
@@ -84,7 +84,7 @@ _SHAPES = {
     "arrow": [(_arrow(), 255)],
     "hexagon": [(_regular(6, start_deg=0.0), 255)],
     "diamond": [([(0.0, -1.0), (0.6, 0.0), (0.0, 1.0), (-0.6, 0.0)], 255)],
-    "pentagon": [(_regular(5, dy=0.1), 255)],
+    "hourglass": [([(-0.75, -0.95), (0.75, -0.95), (0.15, 0.0), (0.75, 0.95), (-0.75, 0.95), (-0.15, 0.0)], 255)],
 }
 
 

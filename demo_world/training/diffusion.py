@@ -34,17 +34,27 @@ REFINE_CYCLES = 2  # cosine cycles with warm restarts
 REFINE_STEPS = 6000  # per cycle
 REFINE_LR = 3e-4
 REFINE_MAX_WEIGHT = 5.0
-OUTLINE_CYCLES = 4  # a 5th cycle (measured) lost hexagon and pentagon again: 75.0 -> 66.7%, 70.8 -> 62.5%
+OUTLINE_CYCLES = 4  # a 5th cycle (measured, pentagon listed) lost hexagon and pentagon: 75.0 -> 66.7, 70.8 -> 62.5%
 OUTLINE_STEPS = 4500  # per cycle
 OUTLINE_WEIGHT = 2.0  # extra loss weight on latent pixels an object's outline runs through
 # Told apart from each other only by their outlines; drawn twice as often in the outline stage.
-OUTLINE_OBJECTS = ("circle", "star", "hexagon", "pentagon")
+OUTLINE_OBJECTS = ("circle", "star", "hexagon")
+# The object that replaced pentagon in the concept list (2026-11-28), taught to the shipped weights by `swap_cycle`.
+SWAPPED_IN = "hourglass"
+SWAP_STEPS = 3000
+SWAP_EMPHASIS = 4.0  # how often the new object's images are drawn, against 1 for the others
+
+
+def _data_recipe():
+    """What decides the training images: the concept lists, the images per pair and the seed."""
+    names = hashlib.sha256("|".join(OBJECTS + STYLES).encode()).hexdigest()[:8]
+    return f"{names}_{PER_PAIR}_{config.SEED}"
 
 
 def cached_latents(log):
     """Latents of the training images, computed once per VAE + data recipe."""
     vae_digest = hashlib.sha256(config.VAE_FILE.read_bytes()).hexdigest()[:12]
-    path = os.path.join(CACHE_DIR, f"latents_{vae_digest}_{PER_PAIR}_{config.SEED}.pt")
+    path = os.path.join(CACHE_DIR, f"latents_{vae_digest}_{_data_recipe()}.pt")
     if os.path.exists(path):
         return torch.load(path)
     log(f"encoding {PER_PAIR * len(OBJECTS) * len(STYLES)} training images")
@@ -59,7 +69,7 @@ def cached_latents(log):
 def outline_maps(log):
     """Per training image (cached_latents' order), where its object's outline runs, at latent
     resolution: [N, 1, h, w], the share of each latent pixel's 8x8 patch on the outline, mean 1 per image."""
-    path = os.path.join(CACHE_DIR, f"outlines_{PER_PAIR}_{config.SEED}.pt")
+    path = os.path.join(CACHE_DIR, f"outlines_{_data_recipe()}.pt")
     if os.path.exists(path):
         return torch.load(path)
     log("drawing the outlines of the training images")
@@ -281,11 +291,11 @@ def refine(log, device):
 def outline(log, device):
     """Phase 3, from the refined weights: the outlines that tell round shapes apart.
 
-    After `refine`, hexagon and pentagon still came out as discs like "circle" and star
-    often lost its points: their latents differ from a disc's only on the pixels the outline
+    After `refine`, hexagon (and pentagon, in the list until 2026-11-28) still came out as discs like
+    "circle" and star often lost its points: their latents differ from a disc's only on the pixels the outline
     runs through, a few percent of the eps loss. Each cycle weighs each latent pixel's error by
     (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share
-    (mean 1, so every image keeps mean weight 1), and draws the four round shapes twice as often.
+    (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS twice as often.
     Reads and overwrites the shipped UNet and text encoder, like `refine`.
     """
     clock = Clock()
@@ -301,11 +311,26 @@ def outline(log, device):
 def outline_cycle(cycle, log, device):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
-    pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
     round_shapes = torch.tensor([OBJECTS.index(o) for o in OUTLINE_OBJECTS])
     image_weights = 1.0 + torch.isin(data["objects"], round_shapes).float()
-    gen = torch.Generator().manual_seed(config.SEED + 20 + cycle)
+    return _outline_fit(data, image_weights, OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device)
+
+
+def swap_cycle(log, device):
+    """How the shipped weights learnt SWAPPED_IN, which replaced pentagon (2026-11-28): one outline cycle
+    from the weights on disk, SWAPPED_IN's images drawn SWAP_EMPHASIS times as often and OUTLINE_OBJECTS'
+    twice. A retrain from scratch has the new list from its first step and does not need it."""
+    data = cached_latents(log)
+    round_shapes = torch.tensor([OBJECTS.index(o) for o in OUTLINE_OBJECTS])
+    image_weights = 1.0 + torch.isin(data["objects"], round_shapes).float()
+    image_weights[data["objects"] == OBJECTS.index(SWAPPED_IN)] = SWAP_EMPHASIS
+    return _outline_fit(data, image_weights, SWAP_STEPS, seed=config.SEED + 30, log=log, device=device)
+
+
+def _outline_fit(data, image_weights, steps, seed, log, device):
+    pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
+    gen = torch.Generator().manual_seed(seed)
     unet, clip, tokenizer = shipped_models()
-    return _fit(unet, clip, tokenizer, data, OUTLINE_STEPS, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
+    return _fit(unet, clip, tokenizer, data, steps, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
                 gen=gen, ema_warm_up=False, log=log, device=device, image_weights=image_weights,
                 pixel_weights=pixel_weights)
