@@ -37,8 +37,9 @@ REFINE_MAX_WEIGHT = 5.0
 OUTLINE_CYCLES = 4  # a 5th cycle (measured, pentagon listed) lost hexagon and pentagon: 75.0 -> 66.7, 70.8 -> 62.5%
 OUTLINE_STEPS = 4500  # per cycle
 OUTLINE_WEIGHT = 2.0  # extra loss weight on latent pixels an object's outline runs through
-# Told apart from each other only by their outlines; drawn twice as often in the outline stage.
+# Told apart from each other only by their outlines; drawn OUTLINE_EMPHASIS times as often in the outline stage.
 OUTLINE_OBJECTS = ("circle", "star", "hexagon")
+OUTLINE_EMPHASIS = 2.0
 # The object that replaced pentagon in the concept list (2026-11-28), taught to the shipped weights by `swap_cycle`.
 SWAPPED_IN = "hourglass"
 SWAP_STEPS = 3000
@@ -311,20 +312,26 @@ def outline(log, device):
 def outline_cycle(cycle, log, device):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
-    round_shapes = torch.tensor([OBJECTS.index(o) for o in OUTLINE_OBJECTS])
-    image_weights = 1.0 + torch.isin(data["objects"], round_shapes).float()
+    image_weights = _draw_weights(data["objects"], {o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS})
     return _outline_fit(data, image_weights, OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device)
 
 
 def swap_cycle(log, device):
     """How the shipped weights learnt SWAPPED_IN, which replaced pentagon (2026-11-28): one outline cycle
     from the weights on disk, SWAPPED_IN's images drawn SWAP_EMPHASIS times as often and OUTLINE_OBJECTS'
-    twice. A retrain from scratch has the new list from its first step and does not need it."""
+    OUTLINE_EMPHASIS times. A retrain from scratch has the new list from its first step and does not need it."""
     data = cached_latents(log)
-    round_shapes = torch.tensor([OBJECTS.index(o) for o in OUTLINE_OBJECTS])
-    image_weights = 1.0 + torch.isin(data["objects"], round_shapes).float()
-    image_weights[data["objects"] == OBJECTS.index(SWAPPED_IN)] = SWAP_EMPHASIS
+    emphasis = {**{o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS}, SWAPPED_IN: SWAP_EMPHASIS}
+    image_weights = _draw_weights(data["objects"], emphasis)
     return _outline_fit(data, image_weights, SWAP_STEPS, seed=config.SEED + 30, log=log, device=device)
+
+
+def _draw_weights(objects, emphasis):
+    """How often each training image is drawn: emphasis[name] for the images of that object, 1 for the others."""
+    weights = torch.ones(len(objects))
+    for name, weight in emphasis.items():
+        weights[objects == OBJECTS.index(name)] = weight
+    return weights
 
 
 def _outline_fit(data, image_weights, steps, seed, log, device):

@@ -65,3 +65,15 @@ def test_outline_map_covers_where_round_shapes_differ():
     assert weights.mean() > 3, f"the hexagon's differences from a circle get only {weights.mean():.1f}x the mean weight"
     centre = masks["circle"].nonzero().float().mean(0).div(8).long()
     assert maps[0, 0, centre[0], centre[1]] == 0  # the inside of a shape carries no outline
+
+
+def test_swap_cycle_draws_the_new_object_most_often():
+    from demo_world.dataset import OBJECTS
+
+    objects = torch.arange(len(OBJECTS)).repeat_interleave(3)
+    weights = diffusion._draw_weights(objects, {o: diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS}
+                                      | {diffusion.SWAPPED_IN: diffusion.SWAP_EMPHASIS})
+    by_object = dict(zip(OBJECTS, weights.view(len(OBJECTS), 3)[:, 0].tolist()))
+    assert by_object[diffusion.SWAPPED_IN] == diffusion.SWAP_EMPHASIS > diffusion.OUTLINE_EMPHASIS
+    assert all(by_object[o] == diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS)
+    assert sum(w == 1.0 for w in by_object.values()) == len(OBJECTS) - len(diffusion.OUTLINE_OBJECTS) - 1
