@@ -296,7 +296,7 @@ def outline(log, device):
     "circle" and star often lost its points: their latents differ from a disc's only on the pixels the outline
     runs through, a few percent of the eps loss. Each cycle weighs each latent pixel's error by
     (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share
-    (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS twice as often.
+    (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often.
     Reads and overwrites the shipped UNet and text encoder, like `refine`.
     """
     clock = Clock()
@@ -321,9 +321,13 @@ def swap_cycle(log, device):
     from the weights on disk, SWAPPED_IN's images drawn SWAP_EMPHASIS times as often and OUTLINE_OBJECTS'
     OUTLINE_EMPHASIS times. A retrain from scratch has the new list from its first step and does not need it."""
     data = cached_latents(log)
-    emphasis = {**{o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS}, SWAPPED_IN: SWAP_EMPHASIS}
-    image_weights = _draw_weights(data["objects"], emphasis)
-    return _outline_fit(data, image_weights, SWAP_STEPS, seed=config.SEED + 30, log=log, device=device)
+    return _outline_fit(data, swap_draw_weights(data["objects"]), SWAP_STEPS, seed=config.SEED + 30, log=log,
+                        device=device)
+
+
+def swap_draw_weights(objects):
+    """swap_cycle's draw weight per training image (object ids `objects`)."""
+    return _draw_weights(objects, {**{o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS}, SWAPPED_IN: SWAP_EMPHASIS})
 
 
 def _draw_weights(objects, emphasis):

@@ -71,8 +71,7 @@ def test_swap_cycle_draws_the_new_object_most_often():
     from demo_world.dataset import OBJECTS
 
     objects = torch.arange(len(OBJECTS)).repeat_interleave(3)
-    weights = diffusion._draw_weights(objects, {o: diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS}
-                                      | {diffusion.SWAPPED_IN: diffusion.SWAP_EMPHASIS})
+    weights = diffusion.swap_draw_weights(objects)
     by_object = dict(zip(OBJECTS, weights.view(len(OBJECTS), 3)[:, 0].tolist()))
     assert by_object[diffusion.SWAPPED_IN] == diffusion.SWAP_EMPHASIS > diffusion.OUTLINE_EMPHASIS
     assert all(by_object[o] == diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS)
