@@ -70,6 +70,8 @@ def markdown(result: dict) -> str:
         same = {tuple(r["targets"]) for r in ablated}
         part = summarize([r for r in rows if r["method"] == "SPARE" and tuple(r["targets"]) in same] + ablated)
         lines += ["", f"## Ablations (on {', '.join(', '.join(t) for t in sorted(same))}; SPARE on the same targets)", "",
+                  "A variant trains on the latents its target's SPARE row drew (the same prompts and latent settings "
+                  "give the same draw); their drawing time, measured there, is counted in the variant's time.", "",
                   "| variant | UA | IRA | CRA | mean(UA,IRA,CRA) | time (s) | stored | trainable params |",
                   "|---|---|---|---|---|---|---|---|"]
         for m, s in part.items():

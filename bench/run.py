@@ -64,11 +64,15 @@ PROFILES = {
     # erase: in the 6-prompt runs every kept image lost belonged to a concept left off the list
     # (results/retain_list_probe_2026-11-27.json). Listing all of them did not stop single objects' losses, which
     # also fall on listed ones (results/object_ira_probe_2026-11-28.json).
+    # Three retain prompts per kept concept (each with another partner), as in "full": on the hourglass model,
+    # quick set, objects that are neither reported nor tuned on, SPARE's IRA went triangle 98.5 -> 100, moon
+    # 92.4 -> 97.0, circle 87.9 -> 89.4, cross 87.9 -> 95.5 (seed 0; results/retain_partners_probe_2026-11-28.json),
+    # for 1-27 s more per erasure. Every method gets the same list.
     "quick": Profile("quick", target_prompts=12, retain_prompts=11, eval_per_concept=1, eval_seeds=(0, 1, 2, 3, 4, 5),
-                     curve_targets=2, multi_methods=("UCE", "SPARE"), budget_minutes=55.0),
-    # Three retain prompts per kept concept (each with another partner): on the held-out objects SPARE's IRA went
-    # 87.8 -> 90.5 (heart) and 81.1 -> 88.4 (arrow), held-out styles' CRA 89.0 -> 88.2 and 89.1 -> 88.3 (means of
-    # three seeds, bench.engine_check; bench/README.md). Every method gets the same list.
+                     curve_targets=2, multi_methods=("UCE", "SPARE"), budget_minutes=55.0, retain_partners=3),
+    # Three retain prompts per kept concept: on the held-out objects SPARE's IRA went 87.8 -> 90.5 (heart) and
+    # 81.1 -> 88.4 (arrow), held-out styles' CRA 89.0 -> 88.2 and 89.1 -> 88.3 (means of three seeds,
+    # bench.engine_check on the model with pentagon; bench/README.md).
     "full": Profile("full", target_prompts=12, retain_prompts=11, eval_per_concept=None, eval_seeds=(0, 1),
                     multi_methods=("SPARE", "UCE", "ESD-x", "SalUn"), budget_minutes=600.0, retain_partners=3),
 }
@@ -349,6 +353,7 @@ class Bench:
         self.classifiers_ok = demo_config.CLASSIFIERS_FILE.exists()
         self.base_cache: dict = {}
         self.rankings: dict[str, dict] = {}  # surrogate_ranking's, per style
+        self.spare_latents: dict = {}  # bench.baselines.spare.erase's latent_store
         self.started = time.perf_counter()
 
     # --- time budget
@@ -394,13 +399,15 @@ class Bench:
 
         fn = METHODS[method][0]
         targets, surrogates, retain = task.inputs(method)
+        # SPARE's ablations of a task draw the same latents as its own row: drawn once, their time counted in each.
+        shared = {"latent_store": self.spare_latents} if method == "SPARE" else {}
         import torch
 
         with self.engine_denoiser(self.model, self.clip) as denoiser:
             with RssMonitor() as memory:
                 start = time.perf_counter()
-                state, info = fn(denoiser, targets, surrogates, retain, config)
-                seconds = time.perf_counter() - start
+                state, info = fn(denoiser, targets, surrogates, retain, config, **shared)
+                seconds = time.perf_counter() - start + info.get("reused_seconds", 0.0)
         if self.weights_hash(self.model.model.diffusion_model) != self.host_hash:
             raise RuntimeError(f"{method} changed the host's weights")
         run = {"seconds": seconds, "peak_rss_mb": memory.growth_mb, "stored_bytes": stored_bytes(state),

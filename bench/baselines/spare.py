@@ -49,7 +49,12 @@ class SpareConfig:
 
 
 def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str],
-          config: SpareConfig | None = None, callback: Callback | None = None):
+          config: SpareConfig | None = None, callback: Callback | None = None,
+          latent_store: dict | None = None):
+    """`latent_store`: latents drawn by an earlier erasure of the same prompts with the same latent settings
+    (every ablation of a task draws the same ones) are taken from it, and this run's are put in it. A reused
+    draw's measured seconds are reported as this run's latents stage and as info["reused_seconds"], so that a
+    caller counts them in the erasure's time."""
     config = config or SpareConfig()
     stage_seconds = {}
     clock = time.perf_counter()
@@ -60,11 +65,21 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
         stage_seconds[name] = now - clock
         clock = now
 
-    generator = torch.Generator().manual_seed(config.seed)
-    prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
-    latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
-                             steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
+    key = (tuple(targets), tuple(retain), config.latents_per_prompt, config.sampling_steps, config.cfg_scale,
+           config.seed)
+    reused_seconds = 0.0
+    if latent_store is not None and key in latent_store:
+        latents, reused_seconds = latent_store[key]
+    else:
+        generator = torch.Generator().manual_seed(config.seed)
+        prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
+        latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
+                                 steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
     stage_done("latents")
+    if reused_seconds:
+        stage_seconds["latents"] = reused_seconds
+    elif latent_store is not None:
+        latent_store[key] = (latents, stage_seconds["latents"])
     saliency = compute_saliency(denoiser, targets, latents={t: latents[t] for t in targets},
                                 samples_per_latent=config.samples_per_latent, top_modules=config.top_modules,
                                 row_fraction=config.row_fraction, seed=config.seed)
@@ -98,5 +113,5 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
         trainable += a + (up.numel() if rows is None else int(rows.sum()) * up[0].numel())
     info = {"method": "SPARE", "config": asdict(config), "layers": len(selection),
             "candidate_layers": len(layers), "trainable_params": trainable, "losses": losses,
-            "stage_seconds": stage_seconds}
+            "stage_seconds": stage_seconds, "reused_seconds": reused_seconds}
     return lora.state_dict(), info

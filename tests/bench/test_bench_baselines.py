@@ -191,6 +191,26 @@ def test_spare_wrapper_and_its_ablation_switches(make_denoiser):
     assert rows["trainable_params"] < info["trainable_params"]
 
 
+def test_spare_reuses_a_stored_latent_draw_and_reports_its_time(make_denoiser):
+    small = dict(steps=3, lr=1e-3, latents_per_prompt=1, sampling_steps=3, grid_size=3, samples_per_latent=1,
+                 cfg_scale=3.0)
+    d = make_denoiser(0)
+    fresh, _ = spare.erase(d, TARGETS, SURROGATES, RETAIN, spare.SpareConfig(**small, retain_weight=0.0))
+    store = {}
+    _, first = spare.erase(d, TARGETS, SURROGATES, RETAIN, spare.SpareConfig(**small), latent_store=store)
+    assert first["reused_seconds"] == 0.0 and len(store) == 1
+    # An ablation of the same task trains on the stored draw: the LoRA of a fresh draw, to the bit.
+    reused, second = spare.erase(d, TARGETS, SURROGATES, RETAIN, spare.SpareConfig(**small, retain_weight=0.0),
+                                 latent_store=store)
+    assert second["reused_seconds"] == first["stage_seconds"]["latents"] > 0
+    assert second["stage_seconds"]["latents"] == first["stage_seconds"]["latents"]
+    assert fresh.keys() == reused.keys() and all(torch.equal(fresh[k], reused[k]) for k in fresh)
+    # Other latent settings are another draw.
+    spare.erase(d, TARGETS, SURROGATES, RETAIN, spare.SpareConfig(**{**small, "latents_per_prompt": 2}),
+                latent_store=store)
+    assert len(store) == 2
+
+
 def test_uce_last_token_index_from_a_comfyui_tokenizer():
     class FakeClip:  # ComfyUI's SD1 layout: BOS, words, EOS, EOS padding; (token, weight) pairs
         def tokenize(self, text):
