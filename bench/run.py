@@ -64,10 +64,10 @@ PROFILES = {
     # erase: in the 6-prompt runs every kept image lost belonged to a concept left off the list
     # (results/retain_list_probe_2026-11-27.json). Listing all of them did not stop single objects' losses, which
     # also fall on listed ones (results/object_ira_probe_2026-11-28.json).
-    # Three retain prompts per kept concept (each with another partner), as in "full": on the hourglass model,
-    # quick set, objects that are not reported (triangle is the tuning target), SPARE's IRA went triangle 98.5 -> 100, moon
-    # 92.4 -> 97.0, circle 87.9 -> 89.4, cross 87.9 -> 95.5 (seed 0; results/retain_partners_probe_2026-11-28.json),
-    # for 1-27 s more per erasure. Every method gets the same list.
+    # Three retain prompts per kept concept (each with another partner), as in "full": on the hourglass model and
+    # the quick set, SPARE's IRA on objects that are not reported (triangle is the tuning target) went triangle
+    # 98.5 -> 100, moon 92.4 -> 97.0, circle 87.9 -> 89.4, cross 87.9 -> 95.5 (seed 0;
+    # results/retain_partners_probe_2026-11-28.json), for 1-27 s more per erasure. Every method gets the same list.
     "quick": Profile("quick", target_prompts=12, retain_prompts=11, eval_per_concept=1, eval_seeds=(0, 1, 2, 3, 4, 5),
                      curve_targets=2, multi_methods=("UCE", "SPARE"), budget_minutes=55.0, retain_partners=3),
     # Three retain prompts per kept concept: on the held-out objects SPARE's IRA went 87.8 -> 90.5 (heart) and
