@@ -36,9 +36,10 @@ class SpareDistill(io.ComfyNode):
                                         "them. Surrogate Ranking finds the closest of your candidates."),
                 io.String.Input("retain", multiline=True, default="",
                                 tooltip="Concepts that must not change, one per line (the empty prompt is always kept). "
-                                        "List what you need unchanged, the concepts nearest the target first: on the "
-                                        "demo model, concepts left off this list changed most often, though a listed "
-                                        "one can still change (erasing arrow drew moon as a circle either way)."),
+                                        "List what you need unchanged, the concepts nearest the target first, each in "
+                                        "a few contexts ('a moon in neon style', 'a moon in watercolor style'): on the "
+                                        "demo model, concepts left off this list changed most often, and three prompts "
+                                        "per kept object instead of one kept 95.5% of them right instead of 91.7%."),
                 io.Int.Input("rank", default=DEFAULT.rank, min=1, max=256,
                              tooltip="LoRA rank of every adapter. Higher fits more and makes a larger file; a layer "
                                      "with fewer outputs or inputs than the rank gets a full-rank adapter."),
