@@ -51,7 +51,7 @@ class SpareConfig:
 def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str],
           config: SpareConfig | None = None, callback: Callback | None = None,
           latent_store: dict | None = None):
-    """`latent_store`: latents drawn by an earlier erasure of the same prompts with the same latent settings
+    """`latent_store`: latents drawn by an earlier erasure of the same model, prompts and latent settings
     (every ablation of a task draws the same ones) are taken from it, and this run's are put in it. A reused
     draw's measured seconds are reported as this run's latents stage and as info["reused_seconds"], so that a
     caller counts them in the erasure's time."""
