@@ -43,8 +43,8 @@ class DistillConfig:
     steps: int = 200
     # Chosen by the benchmark's first tuning run on its tuning targets: mean(UA, IRA, CRA) 96.5 / 97.3 / 84.4% for
     # 1e-3 / 3e-3 / 1e-2 (3e-4: 95.5%; 1e-4 erased 25% in 200 steps). Later reruns put 1e-3 and 3e-3 within a
-    # point of each other (97.1 / 97.9 on 2026-11-27; 98.0 / 97.5 on 2026-11-28, bench/results/tuning_quick.json,
-    # so the benchmark now runs 1e-3). It trades object IRA for style CRA: bench/README.md lists both.
+    # point of each other (97.1 / 97.9 on 2026-11-27; 98.0 / 97.5 on 2026-11-28; 99.7 / 99.9 on the hourglass model
+    # with three retain prompts per kept concept, bench/results/tuning_quick.json: the benchmark runs 3e-3 again).
     lr: float = 3e-3
     # Forget rows per step; as many retain rows ride in the same batch. With one, a run's result hangs on its
     # seed: Blueprint's CRA 88.9 / 83.7 / 85.1% for seeds 0 / 1 / 2; with four, 89.9 / 87.8 / 89.2% (the
