@@ -67,19 +67,20 @@ def erase(denoiser, targets: list[str], surrogates: list[str], retain: list[str]
 
     key = (tuple(targets), tuple(retain), config.latents_per_prompt, config.sampling_steps, config.cfg_scale,
            config.seed)
-    reused_seconds = 0.0
-    if latent_store is not None and key in latent_store:
+    reused = latent_store is not None and key in latent_store
+    if reused:
         latents, reused_seconds = latent_store[key]
+        stage_done("latents")
+        stage_seconds["latents"] = reused_seconds
     else:
         generator = torch.Generator().manual_seed(config.seed)
         prompts = PromptRows.encode(denoiser, [*targets, *retain, ""])
         latents = frozen_latents(denoiser, prompts, [*targets, *retain, ""], n_per_prompt=config.latents_per_prompt,
                                  steps=config.sampling_steps, cfg_scale=config.cfg_scale, generator=generator)
-    stage_done("latents")
-    if reused_seconds:
-        stage_seconds["latents"] = reused_seconds
-    elif latent_store is not None:
-        latent_store[key] = (latents, stage_seconds["latents"])
+        stage_done("latents")
+        reused_seconds = 0.0
+        if latent_store is not None:
+            latent_store[key] = (latents, stage_seconds["latents"])
     saliency = compute_saliency(denoiser, targets, latents={t: latents[t] for t in targets},
                                 samples_per_latent=config.samples_per_latent, top_modules=config.top_modules,
                                 row_fraction=config.row_fraction, seed=config.seed)

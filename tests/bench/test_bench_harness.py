@@ -16,7 +16,8 @@ def test_tasks_pair_each_target_prompt_with_its_surrogate_and_keep_targets_out_o
     assert len(task.targets) == len(task.surrogates) == QUICK.target_prompts
     for t, s in zip(task.targets, task.surrogates):
         assert "heart" in t and t.replace("heart", "cross") == s
-    assert len(task.retain) == QUICK.retain_partners * QUICK.retain_prompts and not any("heart" in r for r in task.retain)
+    assert len(task.retain) == QUICK.retain_partners * QUICK.retain_prompts
+    assert not any("heart" in r for r in task.retain)
     assert task.retain_concepts == [o for o in OBJECTS if o != "heart"]  # the quick profile lists every kept one
     several = run.build_task(["heart"], replace(QUICK, retain_partners=3))
     assert len(several.retain) == 3 * QUICK.retain_prompts and len(set(several.retain)) == len(several.retain)
