@@ -53,12 +53,12 @@ class Judgement:
 
 
 class Judges:
-    """Both classifiers, loaded from the shipped weights."""
+    """Both classifiers, loaded from config.CLASSIFIERS_FILE (the shipped weights unless a retrain points elsewhere)."""
 
-    def __init__(self, path=config.CLASSIFIERS_FILE):
+    def __init__(self):
         self.object_net = SmallCNN(len(OBJECTS), WIDTHS["object"])
         self.style_net = SmallCNN(len(STYLES), WIDTHS["style"])
-        sd = {k: v.float() for k, v in load_file(str(path)).items()}
+        sd = {k: v.float() for k, v in load_file(str(config.CLASSIFIERS_FILE)).items()}
         for name, net in (("object", self.object_net), ("style", self.style_net)):
             missing, unexpected = net.load_state_dict(
                 {k[len(name) + 1:]: v for k, v in sd.items() if k.startswith(name + ".")}, strict=False)

@@ -4,11 +4,21 @@ Pure data: importing this never imports ComfyUI.
 """
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-VAE_FILE = WEIGHTS_DIR / "vae.safetensors"
-TEXT_ENCODER_FILE = WEIGHTS_DIR / "text_encoder.safetensors"
-UNET_FILE = WEIGHTS_DIR / "unet.safetensors"
-CLASSIFIERS_FILE = WEIGHTS_DIR / "classifiers.safetensors"
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def use_weights_dir(folder):
+    """Read and write the demo world's weights in `folder`: a retrain into a folder of its own leaves the
+    shipped weights alone. Everything that loads or saves them reads these names when it runs."""
+    global WEIGHTS_DIR, VAE_FILE, TEXT_ENCODER_FILE, UNET_FILE, CLASSIFIERS_FILE
+    WEIGHTS_DIR = Path(folder)
+    VAE_FILE = WEIGHTS_DIR / "vae.safetensors"
+    TEXT_ENCODER_FILE = WEIGHTS_DIR / "text_encoder.safetensors"
+    UNET_FILE = WEIGHTS_DIR / "unet.safetensors"
+    CLASSIFIERS_FILE = WEIGHTS_DIR / "classifiers.safetensors"
+
+
+use_weights_dir(SHIPPED_WEIGHTS_DIR)
 
 SEED = 0
 

@@ -9,7 +9,9 @@ import json
 import os
 import platform
 import time
+from pathlib import Path
 
+from . import config
 from .comfy_host import ensure_comfy
 
 ensure_comfy()
@@ -19,6 +21,7 @@ import torch  # noqa: E402
 from .training import report  # noqa: E402
 
 STAGES = ["vae", "diffusion", "refine", "outline", "classifiers", "evaluate"]
+CYCLED_STAGES = ("refine", "outline")  # a stopped run resumes these at their next cycle
 
 
 def log(msg):
@@ -34,7 +37,7 @@ def machine(device):
     return f"{torch.cuda.get_device_name(device)}; {where}" if device.type == "cuda" else where
 
 
-def run_stage(stage, device):
+def run_stage(stage, device, cycles):
     if stage == "vae":
         from .training import vae
         return vae.train(log, device)
@@ -43,10 +46,10 @@ def run_stage(stage, device):
         return diffusion.train(log, device)
     if stage == "refine":
         from .training import diffusion
-        return diffusion.refine(log, device)
+        return diffusion.refine(log, device, cycles)
     if stage == "outline":
         from .training import diffusion
-        return diffusion.outline(log, device)
+        return diffusion.outline(log, device, cycles)
     if stage == "classifiers":
         from .training import classifiers
         return classifiers.train(log, device)
@@ -61,17 +64,35 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the networks train (default: cuda when there is one); the training data is "
                              "always made on the CPU")
+    parser.add_argument("--out", type=Path,
+                        help="folder for the weights and the training report (default: over the shipped ones in "
+                             "demo_world/weights and docs/demo_world); stages after the first read their inputs there")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped run: skip the stages its training_stats.json holds, and continue "
+                             "refine or outline from their last finished cycle")
     args = parser.parse_args()
+    if args.out:
+        config.use_weights_dir(args.out)
+        report.use_dir(args.out)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    finished = report.load_stats() if args.resume else {}
     for stage in STAGES if args.stage == "all" else [args.stage]:
+        if stage in finished:
+            log(f"stage {stage}: finished before, skipped")
+            continue
+        cycles = report.CycleLog(stage, resume=args.resume) if stage in CYCLED_STAGES else None
+        if cycles and cycles.done():
+            log(f"stage {stage}: resuming after cycle {cycles.done()}")
         log(f"stage {stage} on {machine(device)}")
-        result = {**run_stage(stage, device), "machine": machine(device)}
+        result = {**run_stage(stage, device, cycles), "machine": machine(device)}
         stats = report.load_stats()  # re-read: stages may run side by side in separate processes
         stats[stage] = result
         report.save_stats(stats)
         report.write(stats)
-    log(json.dumps({k: round(v.get("minutes", 0), 1) for k, v in stats.items()}))
+        if cycles:
+            cycles.close()
+    log(json.dumps({k: round(v.get("minutes", 0), 1) for k, v in report.load_stats().items()}))
 
 
 if __name__ == "__main__":

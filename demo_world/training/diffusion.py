@@ -164,8 +164,11 @@ def save(ema):
 
 
 def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log, device,
-         image_weights=None, pixel_weights=None, cuda_graphs="auto"):
+         image_weights=None, pixel_weights=None, cuda_graphs="auto", checkpoints=False):
     """The training loop every phase shares; saves the EMA weights and returns the eps-MSE per step.
+
+    checkpoints: also save them every CHECKPOINT_EVERY steps. Only the run from scratch does: a cycle of a
+    later stage starts from the weights on disk, which must stay the last finished cycle's until it ends.
 
     image_weights [N]: how often each training image is drawn (None: uniformly);
     pixel_weights [N, 1, h, w]: per-latent-pixel loss weights, mean 1 (None: all 1).
@@ -240,7 +243,7 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
         if step % 50 == 0 or step == steps - 1:
             log(f"diffusion step {step} eps-mse {mse[max(0, step - 49):step + 1].mean().item():.4f} "
                 f"({clock.minutes():.1f} min)")
-        if (step + 1) % CHECKPOINT_EVERY == 0:
+        if checkpoints and (step + 1) % CHECKPOINT_EVERY == 0:
             save(ema)
     save(ema)
     if graphed and not run_step.graphed:
@@ -257,13 +260,13 @@ def train(log, device):
     log(f"latents {tuple(data['latents'].shape)} mean {data['latents'].mean():.3f} std {data['latents'].std():.3f}")
     unet, clip, tokenizer = new_models()
     losses = _fit(unet, clip, tokenizer, data, STEPS, LR, warmup=200, max_weight=float("inf"), gen=gen,
-                  ema_warm_up=True, log=log, device=device)
+                  ema_warm_up=True, log=log, device=device, checkpoints=True)
     return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(data["latents"]),
             "unet_parameters": sum(p.numel() for p in unet.parameters()), "ema_decay": EMA_DECAY, "offset_noise": OFFSET_NOISE,
             "losses": losses}
 
 
-def refine(log, device):
+def refine(log, device, cycles):
     """Phase 2, from phase 1's shipped (EMA) weights: the shapes' outlines.
 
     Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle
@@ -274,22 +277,23 @@ def refine(log, device):
 
     It reads and overwrites the shipped UNet and text encoder, so run on its
     own it refines whatever is shipped; `--stage all` runs it after `diffusion`.
+    `cycles` (report.CycleLog) holds the cycles a stopped run finished; the rest run here.
     """
-    clock = Clock()
     data = cached_latents(log)
-    losses = []
-    for cycle in range(REFINE_CYCLES):
+    for cycle in range(cycles.done(), REFINE_CYCLES):
+        clock = Clock()
         # Each cycle restarts from the weights the last one saved (its EMA, in fp16); only `gen` decides the run.
         gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
         unet, clip, tokenizer = shipped_models()
         log(f"refine cycle {cycle + 1} of {REFINE_CYCLES}")
-        losses += _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
-                       max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
-    return {"minutes": clock.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
-            "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": losses}
+        losses = _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
+                      max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
+        cycles.add(clock.minutes(), losses)
+    return {"minutes": cycles.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
+            "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": cycles.losses()}
 
 
-def outline(log, device):
+def outline(log, device, cycles):
     """Phase 3, from the refined weights: the outlines that tell round shapes apart.
 
     After `refine`, hexagon (and pentagon, in the list until 2026-11-28) still came out as discs like
@@ -297,16 +301,16 @@ def outline(log, device):
     runs through, a few percent of the eps loss. Each cycle weighs each latent pixel's error by
     (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share
     (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often.
-    Reads and overwrites the shipped UNet and text encoder, like `refine`.
+    Reads and overwrites the shipped UNet and text encoder, and resumes from `cycles`, like `refine`.
     """
-    clock = Clock()
-    losses = []
-    for cycle in range(OUTLINE_CYCLES):
+    for cycle in range(cycles.done(), OUTLINE_CYCLES):
+        clock = Clock()
         log(f"outline cycle {cycle + 1} of {OUTLINE_CYCLES}")
-        losses += outline_cycle(cycle, log, device)
-    return {"minutes": clock.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
+        losses = outline_cycle(cycle, log, device)
+        cycles.add(clock.minutes(), losses)
+    return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
             "cycles": OUTLINE_CYCLES, "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
-            "losses": losses}
+            "losses": cycles.losses()}
 
 
 def outline_cycle(cycle, log, device):

@@ -17,7 +17,7 @@ from ..generate import generate
 from ..metrics import generation_set, per_concept_accuracy, records
 from ..model import load_demo_model
 from .common import Clock
-from .report import DOCS
+from . import report
 
 SEEDS = (0, 1)  # the acceptance set: UnlearnCanvas's phrasing, every pair, two seeds
 OTHER_PHRASING_SEEDS = (0,)  # the other phrasings are checked on one seed to save CPU time
@@ -100,7 +100,7 @@ def run(log):
         log(f"phrasing {t}: {result['per_template'][-1]}")
         if t == 0:
             acceptance_recs = recs
-            sample_grid(images.numpy(), items, DOCS / "samples.png")
+            sample_grid(images.numpy(), items, report.DOCS / "samples.png")
             result["per_object"] = per_concept_accuracy(recs, "object")
             result["per_style"] = per_concept_accuracy(recs, "style")
             result["object_acc"] = _accuracy(recs, "object")
@@ -112,7 +112,7 @@ def run(log):
     result["steady_per_object"] = per_concept_accuracy(steady, "object")
     result["steady_per_style"] = per_concept_accuracy(steady, "style")
     log(f"seeds {STEADY_SEEDS}: object acc {_accuracy(steady, 'object'):.3f}")
-    dataset_grid(DOCS / "dataset_grid.png")
+    dataset_grid(report.DOCS / "dataset_grid.png")
     result["one_image_seconds"] = one_image_seconds(model, clip, vae)
     files = sorted(config.WEIGHTS_DIR.glob("*.safetensors"))
     result["weights_mb"] = sum(f.stat().st_size for f in files) / 2 ** 20

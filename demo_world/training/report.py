@@ -5,8 +5,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "demo_world"
-STATS = DOCS / "training_stats.json"
+SHIPPED_DOCS = Path(__file__).resolve().parent.parent.parent / "docs" / "demo_world"
+
+
+def use_dir(folder):
+    """Write the report, its figures and raw stats in `folder` (a retrain beside the shipped one)."""
+    global DOCS, STATS
+    DOCS = Path(folder)
+    STATS = DOCS / "training_stats.json"
+
+
+use_dir(SHIPPED_DOCS)
 MAX_POINTS = 400  # loss curves are stored downsampled
 
 
@@ -19,6 +28,33 @@ def save_stats(stats):
     slim = {stage: {k: (_downsample(v) if k.endswith("losses") else v) for k, v in s.items()}
             for stage, s in stats.items()}
     STATS.write_text(json.dumps(slim, indent=1))
+
+
+class CycleLog:
+    """The finished cycles of a stage that trains in cycles (refine, outline), kept in the report's folder so that
+    a stopped retrain resumes at the next cycle: each cycle starts from the weights the last one saved, and no
+    cycle writes them before it ends. train.py deletes the file once the stage is in the stats."""
+
+    def __init__(self, stage, resume):
+        self.path = DOCS / f"{stage}_cycles.json"
+        self.cycles = json.loads(self.path.read_text()) if resume and self.path.exists() else []
+
+    def done(self):
+        return len(self.cycles)
+
+    def add(self, minutes, losses):
+        self.cycles.append({"minutes": minutes, "losses": [round(float(v), 5) for v in losses]})
+        DOCS.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.cycles))
+
+    def minutes(self):
+        return sum(c["minutes"] for c in self.cycles)
+
+    def losses(self):
+        return [v for c in self.cycles for v in c["losses"]]
+
+    def close(self):
+        self.path.unlink(missing_ok=True)
 
 
 def _downsample(values):

@@ -42,10 +42,10 @@ def full_state_dict(thin):
     return {k: thin_sd[k] if k in thin_sd else torch.zeros_like(full_sd[k]) for k in full_sd}
 
 
-def load_thin(path=config.VAE_FILE):
-    """The shipped VAE as a (fast) thin TAESD in fp32, for encoding training data."""
+def load_thin():
+    """The VAE on disk (config.VAE_FILE) as a (fast) thin TAESD in fp32, for encoding training data."""
     vae = thin_taesd()
-    sd = {k: v.float() for k, v in load_file(str(path)).items()}
+    sd = {k: v.float() for k, v in load_file(str(config.VAE_FILE)).items()}
     vae.load_state_dict({k: v for k, v in sd.items() if k in vae.state_dict()})
     return vae.eval()
 
