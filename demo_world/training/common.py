@@ -1,4 +1,5 @@
 """Helpers shared by the training stages."""
+import os
 import time
 
 import torch
@@ -35,9 +36,12 @@ def cosine_lr(step, total, peak, warmup):
 
 
 def save_fp16(state_dict, path, metadata=None):
+    """Written beside `path`, then renamed over it: a run stopped while saving leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(path), metadata=metadata)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
 
 
 class Clock:
