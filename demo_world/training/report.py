@@ -16,6 +16,7 @@ def use_dir(folder):
 
 
 use_dir(SHIPPED_DOCS)
+
 MAX_POINTS = 400  # loss curves are stored downsampled
 
 
