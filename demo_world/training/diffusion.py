@@ -280,15 +280,15 @@ def refine(log, device, cycles):
     `cycles` (report.CycleLog) holds the cycles a stopped run finished; the rest run here.
     """
     data = cached_latents(log)
-    for cycle in range(cycles.done(), REFINE_CYCLES):
-        clock = Clock()
+
+    def refine_cycle(cycle):
         # Each cycle restarts from the weights the last one saved (its EMA, in fp16); only `gen` decides the run.
         gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
         unet, clip, tokenizer = shipped_models()
-        log(f"refine cycle {cycle + 1} of {REFINE_CYCLES}")
-        losses = _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
-                      max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
-        cycles.add(clock.minutes(), losses)
+        return _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
+                    max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
+
+    _run_cycles("refine", REFINE_CYCLES, cycles, refine_cycle, log)
     return {"minutes": cycles.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
             "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": cycles.losses()}
 
@@ -303,14 +303,20 @@ def outline(log, device, cycles):
     (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often.
     Reads and overwrites the shipped UNet and text encoder, and resumes from `cycles`, like `refine`.
     """
-    for cycle in range(cycles.done(), OUTLINE_CYCLES):
-        clock = Clock()
-        log(f"outline cycle {cycle + 1} of {OUTLINE_CYCLES}")
-        losses = outline_cycle(cycle, log, device)
-        cycles.add(clock.minutes(), losses)
+    _run_cycles("outline", OUTLINE_CYCLES, cycles, lambda cycle: outline_cycle(cycle, log, device), log)
     return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
             "cycles": OUTLINE_CYCLES, "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
             "losses": cycles.losses()}
+
+
+def _run_cycles(stage, count, cycles, fit_cycle, log):
+    """Run the cycles of `stage` that `cycles` (report.CycleLog) has not recorded as finished, recording each as it
+    ends; fit_cycle(cycle) trains one from the weights on disk and returns its eps-MSE per step."""
+    for cycle in range(cycles.done(), count):
+        clock = Clock()
+        log(f"{stage} cycle {cycle + 1} of {count}")
+        losses = fit_cycle(cycle)
+        cycles.add(clock.minutes(), losses)
 
 
 def outline_cycle(cycle, log, device):
