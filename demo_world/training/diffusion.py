@@ -192,8 +192,8 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
     # A replayed graph reads the learning rate from the tensor it was recorded with; eager steps take a number.
     group_lr = (lambda: torch.tensor(lr, device=device)) if graphed else (lambda: lr)
     # No weight decay on embeddings: rows of unused tokens would just shrink towards zero.
-    # fused: one kernel over every weight. The per-tensor loop over the 6.3M-weight token table cost a sixth of a
-    # CPU step or more (2-core CPU, 101 steps: 588 / 526 ms per step, fused 413 / 419;
+    # fused: one kernel over every weight. The per-tensor loop over the 6.3M-weight token table cost a fifth to
+    # three tenths of a CPU step (2-core CPU, 101 steps: 588 / 526 ms per step, fused 413 / 419;
     # bench/results/train_probe_fused_adamw_2026-11-28.json).
     opt = torch.optim.AdamW([{"params": others, "weight_decay": 0.01, "lr": group_lr()},
                              {"params": embeddings, "weight_decay": 0.0, "lr": group_lr()}], lr=lr, capturable=graphed,
