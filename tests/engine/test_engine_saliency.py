@@ -55,6 +55,28 @@ def test_saliency_equals_brute_force(denoiser):
         assert torch.equal(got, want), name
 
 
+def test_a_layer_that_does_not_take_one_row_per_sample_is_named(denoiser, monkeypatch):
+    """Samples share a pass and each layer's |dL/dW| is taken per row of its input, so a layer fed all samples'
+    tokens as rows of one matrix would mix samples: refused, naming the layer."""
+
+    class Flattened(torch.nn.Module):
+        """The Linear fed [B * HW, C] rather than [B, HW, C]; its output reshaped back."""
+
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x):
+            return self.linear(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+    unet = denoiser.module.diffusion_model
+    monkeypatch.setattr(unet, "proj_in", Flattened(unet.proj_in))
+    latents = {"a cat": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(ValueError, match=r"layer diffusion_model.proj_in.linear got an input of 256 rows in a pass "
+                                         r"of 4 samples"):
+        compute_saliency(denoiser, ["a cat"], latents=latents, samples_per_latent=2)
+
+
 def test_saliency_leaves_the_host_as_it_was(denoiser):
     layer = denoiser.module.diffusion_model.to_v
     layer.weight.requires_grad_(False)  # an unusual flag pattern, to be restored exactly
