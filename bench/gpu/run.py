@@ -180,6 +180,7 @@ class Stage:
         self.name, self.unit = name, unit
         self.progress_label = progress_label
         self.ticks: list[float] = []
+        self.done: list[int] = []  # each callback's step count: a callback may report several steps (saliency passes)
         self.losses: list[float] = []
         self.total = None
         self.record: dict = {"unit": unit}
@@ -234,6 +235,7 @@ class Stage:
     def callback(self, step: int, total: int, loss: float | None = None) -> None:
         sync()
         self.ticks.append(time.perf_counter())
+        self.done.append(step)
         self.total = total
         if cuda():
             peak = torch.cuda.max_memory_reserved() / GiB
@@ -250,7 +252,7 @@ class Stage:
         if self.progress is not None:
             self.progress.close()
         wall = ended - self.started
-        n = len(self.ticks)
+        n = self.done[-1] if self.done else 0
         self.record.update({
             "wall_s": wall,
             "steps": n,
@@ -258,7 +260,7 @@ class Stage:
             "steps_per_s": n / wall if wall > 0 else None,
             # The step loop alone: from the first step's end to the last's (model load, prompts and
             # the data-free latents come before the first step).
-            "loop_steps_per_s": (n - 1) / (self.ticks[-1] - self.ticks[0]) if n >= 2 and self.ticks[-1] > self.ticks[0] else None,
+            "loop_steps_per_s": (n - self.done[0]) / (self.ticks[-1] - self.ticks[0]) if len(self.ticks) >= 2 and self.ticks[-1] > self.ticks[0] else None,
             "before_first_step_s": self.ticks[0] - self.started if n else None,
             "after_last_step_s": ended - self.ticks[-1] if n else None,
             **memory(),
