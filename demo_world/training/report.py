@@ -98,11 +98,60 @@ def _stage_row(name, s):
     return f"| {name} | {s.get('minutes', 0):.1f} | {details} | {s.get('machine', '?')} |"
 
 
+# Issue #3's bar for the demo world: classifiers on held-out procedural images; the model's samples (first phrasing,
+# every pair, the acceptance seeds) overall and per concept; every other phrasing within 5 points of the first.
+CLASSIFIER_MIN = 0.98
+SAMPLES_MIN = 0.90
+CONCEPT_MIN = 0.75
+PHRASING_SPREAD = 0.05
+ONE_IMAGE_MAX_S = 1.0
+WEIGHTS_MAX_BYTES = 32_000_000
+
+
+def acceptance(stats):
+    """[(what, measured, met)] for the thresholds the stages in `stats` can be held to."""
+    rows = []
+    if "classifiers" in stats:
+        for name in ("object", "style"):
+            acc = stats["classifiers"][f"{name}_heldout_acc"]
+            rows.append((f"{name} classifier, held out, >= {CLASSIFIER_MIN:.0%}", f"{acc:.1%}", acc >= CLASSIFIER_MIN))
+    if "evaluate" in stats:
+        e = stats["evaluate"]
+        first = e["per_template"][0]
+        for name in ("object", "style"):
+            rows.append((f"{name} accuracy of the samples >= {SAMPLES_MIN:.0%}", f"{first[name]:.1%}",
+                         first[name] >= SAMPLES_MIN))
+            per_concept = e[f"per_{name}"]
+            worst = min(per_concept, key=per_concept.get)
+            rows.append((f"every {name} >= {CONCEPT_MIN:.0%}", f"lowest: {worst} {per_concept[worst]:.1%}",
+                         per_concept[worst] >= CONCEPT_MIN))
+            spread = round(max(abs(t[name] - first[name]) for t in e["per_template"]), 9)  # 1 - 0.95 > 0.05
+            rows.append((f"{name} accuracy of every phrasing within {PHRASING_SPREAD * 100:.0f} points of the first",
+                         f"largest gap {spread * 100:.1f} points", spread <= PHRASING_SPREAD))
+        rows.append((f"one 128x128 image (20 steps) < {ONE_IMAGE_MAX_S:.0f} s", f"{e['one_image_seconds']:.2f} s",
+                     e["one_image_seconds"] < ONE_IMAGE_MAX_S))
+        size = e["weights_mb"] * 2 ** 20
+        rows.append((f"weights <= {WEIGHTS_MAX_BYTES / 1e6:.0f} MB", f"{size / 1e6:.1f} MB", size <= WEIGHTS_MAX_BYTES))
+    return rows
+
+
+def acceptance_markdown(stats):
+    rows = acceptance(stats)
+    if not rows:
+        return []
+    minutes = sum(stats[k].get("minutes", 0) for k in STAGE_ORDER if k in stats)
+    return ["", "## Acceptance (issue #3)", "",
+            f"The stages above took {minutes:.0f} minutes in all.", "",
+            "| threshold | measured | met |", "|---|---|---|",
+            *(f"| {what} | {measured} | {'yes' if met else '**no**'} |" for what, measured, met in rows)]
+
+
 def write(stats):
     DOCS.mkdir(parents=True, exist_ok=True)
     stages = [k for k in STAGE_ORDER if k in stats]
     lines = [INTRO, "", "## Stages", "", "| stage | minutes | settings | machine |", "|---|---|---|---|"]
     lines += [_stage_row(k, stats[k]) for k in stages]
+    lines += acceptance_markdown(stats)
     if "vae" in stats:
         lines += ["", f"VAE reconstruction on fresh images: PSNR {stats['vae']['psnr']:.1f} dB."]
     for stage in stages:
