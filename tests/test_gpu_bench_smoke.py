@@ -175,15 +175,11 @@ def test_graphs_probe_runs_its_eager_half_on_the_cpu(tmp_path, scratch):
 def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weights(tmp_path):
     """bench/gpu/train_probe.py (issue #3's retrain on a GPU): on the CPU only the eager training steps run;
     it trains from the shipped weights and must write its own elsewhere."""
-    import hashlib
-
     from demo_world import config
+    from file_digests import sha256_by_name
 
-    def digests():
-        return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-                for path in (config.UNET_FILE, config.TEXT_ENCODER_FILE)}
-
-    before = digests()
+    shipped = [config.UNET_FILE, config.TEXT_ENCODER_FILE]
+    before = sha256_by_name(shipped)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.gpu.train_probe", "--steps", "2", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -195,7 +191,7 @@ def test_train_probe_runs_its_eager_half_on_the_cpu_and_leaves_the_shipped_weigh
     assert all(loss > 0 for loss in report["eager"]["first_losses"])
     assert report["eager"]["warnings"] == []
     assert "graphed" not in report and "speedup" not in report
-    assert digests() == before
+    assert sha256_by_name(shipped) == before
 
 
 def test_diagnose_runs_its_variants_on_the_cpu(tmp_path, scratch):

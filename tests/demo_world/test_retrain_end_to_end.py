@@ -2,7 +2,6 @@
 call on a lent GPU) must run through all six stages into its own folder, leave the shipped files alone, and skip
 what it finished when resumed."""
 import functools
-import hashlib
 import sys
 
 import pytest
@@ -12,12 +11,9 @@ from safetensors.torch import load_file
 from demo_world import config
 from demo_world.generate import generate
 from demo_world.training import classifiers, diffusion, evaluate, report, vae
+from file_digests import sha256_by_name
 
 WEIGHT_FILES = ("vae.safetensors", "unet.safetensors", "text_encoder.safetensors", "classifiers.safetensors")
-
-
-def digests(paths):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
 @pytest.fixture
@@ -49,7 +45,7 @@ def test_a_retrain_runs_every_stage_into_its_own_folder_and_resumes_past_them(ti
 
     out = tiny_recipe
     shipped = sorted(config.SHIPPED_WEIGHTS_DIR.glob("*.safetensors")) + sorted(report.SHIPPED_DOCS.glob("TRAINING*"))
-    shipped_before = digests(shipped)
+    shipped_before = sha256_by_name(shipped)
 
     monkeypatch.setattr(sys, "argv", ["train", "--out", str(out), "--device", "cpu", "--threads", "2"])
     train.main()
@@ -61,7 +57,7 @@ def test_a_retrain_runs_every_stage_into_its_own_folder_and_resumes_past_them(ti
         assert (out / name).exists(), name
     assert (out / "TRAINING.md").exists() and (out / "samples.png").exists()
     assert not list(out.glob("*_cycles.json")) and not list(out.glob("*.partial"))
-    assert digests(shipped) == shipped_before, "the retrain wrote over the shipped files"
+    assert sha256_by_name(shipped) == shipped_before, "the retrain wrote over the shipped files"
     retrained, ship = load_file(str(out / "unet.safetensors")), load_file(str(config.SHIPPED_WEIGHTS_DIR / "unet.safetensors"))
     assert any(not torch.equal(retrained[k], ship[k]) for k in ship), "the folder holds the shipped UNet, not a retrain"
 
