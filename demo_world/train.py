@@ -22,6 +22,7 @@ from .training import report  # noqa: E402
 
 STAGES = ["vae", "diffusion", "refine", "outline", "classifiers", "evaluate"]
 CYCLED_STAGES = ("refine", "outline")  # a stopped run resumes these at their next cycle
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def log(msg):
@@ -37,19 +38,19 @@ def machine(device):
     return f"{torch.cuda.get_device_name(device)}; {where}" if device.type == "cuda" else where
 
 
-def run_stage(stage, device, cycles):
+def run_stage(stage, device, cycles, autocast_dtype):
     if stage == "vae":
         from .training import vae
         return vae.train(log, device)
     if stage == "diffusion":
         from .training import diffusion
-        return diffusion.train(log, device)
+        return diffusion.train(log, device, autocast_dtype)
     if stage == "refine":
         from .training import diffusion
-        return diffusion.refine(log, device, cycles)
+        return diffusion.refine(log, device, cycles, autocast_dtype)
     if stage == "outline":
         from .training import diffusion
-        return diffusion.outline(log, device, cycles)
+        return diffusion.outline(log, device, cycles, autocast_dtype)
     if stage == "classifiers":
         from .training import classifiers
         return classifiers.train(log, device)
@@ -64,6 +65,10 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the networks train (default: cuda when there is one); the training data is "
                              "always made on the CPU")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="arithmetic of the UNet stages' forward passes (weights, gradients and optimizer stay "
+                             "fp32); bf16 autocast is cheaper on a CPU with bf16 matrix units, see "
+                             "docs/demo_world/README.md")
     parser.add_argument("--out", type=Path,
                         help="folder for the weights and the training report (default: over the shipped ones in "
                              "demo_world/weights and docs/demo_world); stages after the first read their inputs there")
@@ -85,7 +90,7 @@ def main():
         if cycles and cycles.done():
             log(f"stage {stage}: resuming after cycle {cycles.done()}")
         log(f"stage {stage} on {machine(device)}")
-        result = {**run_stage(stage, device, cycles), "machine": machine(device)}
+        result = {**run_stage(stage, device, cycles, PRECISIONS[args.precision]), "machine": machine(device)}
         stats = report.load_stats()  # re-read: stages may run side by side in separate processes
         stats[stage] = result
         report.save_stats(stats)

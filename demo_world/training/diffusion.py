@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from spare_engine.cuda_graphs import ReplayedStep, use_cuda_graphs
+from spare_engine.runtime import autocast
 
 from .. import config
 from ..dataset import OBJECTS, PROMPT_TEMPLATES, STYLES, make_grid_set, make_grid_set_with_masks, prompt
@@ -157,6 +158,10 @@ class EMA:
         torch._foreach_lerp_(self._averages, self._current, 1 - decay)
 
 
+def precision_name(autocast_dtype):
+    return "fp32" if autocast_dtype is None else f"{str(autocast_dtype).removeprefix('torch.')} autocast"
+
+
 def save(ema):
     unet_state, clip_state = ema.shadow
     save_fp16(unet_state, config.UNET_FILE)
@@ -164,7 +169,7 @@ def save(ema):
 
 
 def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_warm_up, log, device,
-         image_weights=None, pixel_weights=None, cuda_graphs="auto", checkpoints=False):
+         image_weights=None, pixel_weights=None, cuda_graphs="auto", checkpoints=False, autocast_dtype=None):
     """The training loop every phase shares; saves the EMA weights and returns the eps-MSE per step.
 
     checkpoints: also save them every CHECKPOINT_EVERY steps. Only the run from scratch does: a cycle of a
@@ -174,7 +179,9 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
     pixel_weights [N, 1, h, w]: per-latent-pixel loss weights, mean 1 (None: all 1).
     Every random draw comes from `gen` on the CPU, then moves to `device`: the draws do not depend on the device.
     cuda_graphs ("auto": on CUDA): replay the step as a CUDA graph after a few eager steps (spare_engine.cuda_graphs);
-    a step of this small network is mostly kernel launches and Python, which a replay skips."""
+    a step of this small network is mostly kernel launches and Python, which a replay skips.
+    autocast_dtype (None: fp32): run the text encoder's and the UNet's forward under autocast in this dtype; the
+    weights, their gradients, the optimizer and the EMA stay fp32."""
     clock = Clock()
     unet.to(device)
     clip.to(device)
@@ -202,11 +209,12 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
     def train_step(ids, rows, t, noise):
         """Forward, loss, backward, clipping and update of one batch, without a host sync (so that it can be
         replayed as a graph); returns [the weighted loss, the plain eps-MSE]."""
-        context = text_model(ids)[0]
         x0 = latents[rows] * config.LATENT_SCALE  # what DemoLatentFormat.process_in feeds the UNet
         a = abar[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(xt, t.float(), context=context)
+        with autocast(device, autocast_dtype, cache=not graphed):
+            context = text_model(ids)[0]
+            pred = unet(xt, t.float(), context=context).float()
         # v-loss weighting (1 + sigma^2 = 1 / abar): at SD's sigma_max of 14.6 the sampler
         # turns eps errors into x0 errors 200x larger, and a tiny UNet only becomes that
         # precise when those timesteps weigh as much as they matter. refine() caps it.
@@ -255,8 +263,9 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
     return mse.tolist()
 
 
-def train(log, device):
-    """Phase 1, from scratch: the prompt decides colour, texture and layout."""
+def train(log, device, autocast_dtype=None):
+    """Phase 1, from scratch: the prompt decides colour, texture and layout.
+    autocast_dtype, here and in the later stages: _fit's (None: fp32)."""
     clock = Clock()
     torch.manual_seed(config.SEED)
     gen = torch.Generator().manual_seed(config.SEED + 3)
@@ -264,13 +273,14 @@ def train(log, device):
     log(f"latents {tuple(data['latents'].shape)} mean {data['latents'].mean():.3f} std {data['latents'].std():.3f}")
     unet, clip, tokenizer = new_models()
     losses = _fit(unet, clip, tokenizer, data, STEPS, LR, warmup=200, max_weight=float("inf"), gen=gen,
-                  ema_warm_up=True, log=log, device=device, checkpoints=True)
+                  ema_warm_up=True, log=log, device=device, checkpoints=True, autocast_dtype=autocast_dtype)
     return {"minutes": clock.minutes(), "steps": STEPS, "batch": BATCH, "train_images": len(data["latents"]),
+            "precision": precision_name(autocast_dtype),
             "unet_parameters": sum(p.numel() for p in unet.parameters()), "ema_decay": EMA_DECAY, "offset_noise": OFFSET_NOISE,
             "losses": losses}
 
 
-def refine(log, device, cycles):
+def refine(log, device, cycles, autocast_dtype=None):
     """Phase 2, from phase 1's shipped (EMA) weights: the shapes' outlines.
 
     Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle
@@ -290,14 +300,16 @@ def refine(log, device, cycles):
         gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
         unet, clip, tokenizer = shipped_models()
         return _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
-                    max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device)
+                    max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device,
+                    autocast_dtype=autocast_dtype)
 
     _run_cycles("refine", REFINE_CYCLES, cycles, refine_cycle, log)
     return {"minutes": cycles.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
+            "precision": precision_name(autocast_dtype),
             "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": cycles.losses()}
 
 
-def outline(log, device, cycles):
+def outline(log, device, cycles, autocast_dtype=None):
     """Phase 3, from the refined weights: the outlines that tell round shapes apart.
 
     After `refine`, hexagon (and pentagon, in the list until 2026-11-28) still came out as discs like
@@ -307,8 +319,9 @@ def outline(log, device, cycles):
     (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often.
     Reads and overwrites the shipped UNet and text encoder, and resumes from `cycles`, like `refine`.
     """
-    _run_cycles("outline", OUTLINE_CYCLES, cycles, lambda cycle: outline_cycle(cycle, log, device), log)
+    _run_cycles("outline", OUTLINE_CYCLES, cycles, lambda cycle: outline_cycle(cycle, log, device, autocast_dtype), log)
     return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
+            "precision": precision_name(autocast_dtype),
             "cycles": OUTLINE_CYCLES, "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
             "losses": cycles.losses()}
 
@@ -323,11 +336,12 @@ def _run_cycles(stage, count, cycles, fit_cycle, log):
         cycles.add(clock.minutes(), losses)
 
 
-def outline_cycle(cycle, log, device):
+def outline_cycle(cycle, log, device, autocast_dtype=None):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
     image_weights = _draw_weights(data["objects"], {o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS})
-    return _outline_fit(data, image_weights, OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device)
+    return _outline_fit(data, image_weights, OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device,
+                        autocast_dtype=autocast_dtype)
 
 
 def swap_cycle(log, device):
@@ -352,10 +366,10 @@ def _draw_weights(objects, emphasis):
     return weights
 
 
-def _outline_fit(data, image_weights, steps, seed, log, device):
+def _outline_fit(data, image_weights, steps, seed, log, device, autocast_dtype=None):
     pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
     gen = torch.Generator().manual_seed(seed)
     unet, clip, tokenizer = shipped_models()
     return _fit(unet, clip, tokenizer, data, steps, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
                 gen=gen, ema_warm_up=False, log=log, device=device, image_weights=image_weights,
-                pixel_weights=pixel_weights)
+                pixel_weights=pixel_weights, autocast_dtype=autocast_dtype)

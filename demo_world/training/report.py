@@ -94,7 +94,7 @@ from `demo_world/config.py`; the stages are described in `demo_world/training/`.
 
 
 def _stage_row(name, s):
-    details = ", ".join(f"{k} {s[k]}" for k in ("steps", "batch", "crop", "train_images", "held_out") if k in s)
+    details = ", ".join(f"{k} {s[k]}" for k in ("steps", "batch", "crop", "train_images", "held_out", "precision") if k in s)
     return f"| {name} | {s.get('minutes', 0):.1f} | {details} | {s.get('machine', '?')} |"
 
 

@@ -47,6 +47,33 @@ def test_saved_weights_are_the_moving_average(weights_in, ema_warm_up, decay):
     assert (weights_in / "text_encoder.safetensors").exists()
 
 
+def one_step_in(autocast_dtype):
+    """One step from the same initial weights and draws; its loss and the dtypes the first convolution computed in."""
+    torch.manual_seed(0)
+    unet, clip, tokenizer = diffusion.new_models()
+    computed = []
+    unet.input_blocks[0][0].register_forward_hook(lambda module, args, out: computed.append(out.dtype))
+    data = {"latents": torch.randn(4, config.LATENT_CHANNELS, 16, 16),
+            "objects": torch.arange(4), "styles": torch.arange(4)}
+    losses = diffusion._fit(unet, clip, tokenizer, data, steps=2, lr=1e-3, warmup=1, max_weight=5.0,
+                            gen=torch.Generator().manual_seed(0), ema_warm_up=True, log=lambda msg: None,
+                            device=torch.device("cpu"), autocast_dtype=autocast_dtype)
+    weight_dtypes = {p.dtype for p in list(unet.parameters()) + list(clip.parameters())}
+    return losses, computed, weight_dtypes
+
+
+def test_bf16_autocast_computes_in_bf16_and_trains_fp32_weights(weights_in):
+    # `python -m demo_world.train --precision bf16`: cheaper arithmetic, the same weights, optimizer and average.
+    fp32_losses, fp32_computed, _ = one_step_in(None)
+    losses, computed, weight_dtypes = one_step_in(torch.bfloat16)
+    assert fp32_computed == [torch.float32] * 2 and computed == [torch.bfloat16] * 2
+    assert weight_dtypes == {torch.float32}
+    assert all(v.dtype == torch.float16 for v in load_file(str(config.UNET_FILE)).values())
+    # Same draws, so the losses differ only by bf16's rounding (8 bits of mantissa: about 0.4% per operation).
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(fp32_losses), rtol=0.03, atol=0)
+    assert losses != fp32_losses
+
+
 def test_outline_map_covers_where_round_shapes_differ():
     # The outline stage weighs the latent pixels that tell a hexagon from a circle.
     import numpy as np
