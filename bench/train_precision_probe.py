@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ ensure_comfy()
 import torch  # noqa: E402
 
 from demo_world import config  # noqa: E402
-from demo_world.train import PRECISIONS  # noqa: E402
+from demo_world.train import PRECISIONS, machine  # noqa: E402
 from demo_world.training import diffusion  # noqa: E402
 
 WINDOW = 100
@@ -56,7 +55,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = diffusion.cached_latents(print)  # the shipped VAE's latents, before the weights folder moves
-    report = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+    report = {"machine": machine(torch.device("cpu")),
               "steps": args.steps, "batch": diffusion.BATCH, "window": WINDOW, "runs": {}}
     with tempfile.TemporaryDirectory() as folder:
         config.use_weights_dir(folder)
