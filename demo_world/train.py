@@ -1,7 +1,7 @@
 """Retrain the demo world from scratch: `python -m demo_world.train [--stage STAGE]`.
 
 Stages run in dependency order: the VAE, then text encoder + UNet on VAE
-latents (trained, refined, then outline-weighted), then the classifiers, then the evaluation that fills the training
+latents (trained, then outline-weighted), then the classifiers, then the evaluation that fills the training
 report (docs/demo_world/TRAINING.md). Everything is seeded from config.SEED.
 """
 import argparse
@@ -20,8 +20,8 @@ import torch  # noqa: E402
 
 from .training import report  # noqa: E402
 
-STAGES = ["vae", "diffusion", "refine", "outline", "classifiers", "evaluate"]
-CYCLED_STAGES = ("refine", "outline")  # a stopped run resumes these at their next cycle
+STAGES = ["vae", "diffusion", "outline", "classifiers", "evaluate"]
+CYCLED_STAGES = ("outline",)  # a stopped run resumes these at their next cycle
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -45,9 +45,6 @@ def run_stage(stage, device, cycles, autocast_dtype):
     if stage == "diffusion":
         from .training import diffusion
         return diffusion.train(log, device, autocast_dtype)
-    if stage == "refine":
-        from .training import diffusion
-        return diffusion.refine(log, device, cycles, autocast_dtype)
     if stage == "outline":
         from .training import diffusion
         return diffusion.outline(log, device, cycles, autocast_dtype)
@@ -74,7 +71,7 @@ def main():
                              "demo_world/weights and docs/demo_world); stages after the first read their inputs there")
     parser.add_argument("--resume", action="store_true",
                         help="continue a stopped run: skip the stages its training_stats.json holds, and continue "
-                             "refine or outline from their last finished cycle")
+                             "outline from its last finished cycle")
     args = parser.parse_args()
     if args.out:
         config.use_weights_dir(args.out)

@@ -3,7 +3,7 @@
     python -m bench.gpu.train_probe --out $OUT [--steps 400]
     python -m bench.gpu.train_probe --out /tmp/probe --steps 3     # CPU dry run: the eager half only
 
-Retraining the demo UNet means about 41,000 steps of demo_world.training.diffusion._fit (277 min on the
+Retraining the demo UNet means 23,000 steps of demo_world.training.diffusion._fit (about 2 h in bf16 on the
 2-core CPU). On a GPU a step of so small a network is mostly kernel launches and Python, which a replayed
 CUDA graph skips. Both runs start from the shipped UNet and text encoder, train on random latents of the
 real shape (speed does not depend on their values) with the outline stage's weighting, and write their
@@ -53,8 +53,8 @@ def probe(mode: str, steps: int, device: torch.device, folder: Path) -> tuple[di
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            losses = diffusion._fit(unet, clip, tokenizer, data, steps, diffusion.REFINE_LR, warmup=100,
-                                    max_weight=diffusion.REFINE_MAX_WEIGHT, gen=torch.Generator().manual_seed(2),
+            losses = diffusion._fit(unet, clip, tokenizer, data, steps, diffusion.OUTLINE_LR, warmup=100,
+                                    max_weight=diffusion.OUTLINE_MAX_WEIGHT, gen=torch.Generator().manual_seed(2),
                                     ema_warm_up=False, log=log, device=device, pixel_weights=pixel_weights,
                                     cuda_graphs=mode == "graphed")
     finally:  # the next run reads the shipped weights again
@@ -87,8 +87,8 @@ def main() -> int:
     if len(weights) == 2:
         report["max_abs_diff"] = max(float((weights["eager"][k] - weights["graphed"][k]).abs().max()) for k in weights["eager"])
         report["speedup"] = report["eager"]["ms_per_step"] / report["graphed"]["ms_per_step"]
-        # The three diffusion stages' steps, at the graphed rate: what a whole retrain of the UNet costs there.
-        total = diffusion.STEPS + diffusion.REFINE_CYCLES * diffusion.REFINE_STEPS + diffusion.OUTLINE_CYCLES * diffusion.OUTLINE_STEPS
+        # The UNet stages' steps, at the graphed rate: what a whole retrain of the UNet costs there.
+        total = diffusion.STEPS + diffusion.OUTLINE_CYCLES * diffusion.OUTLINE_STEPS
         report["unet_retrain_minutes_at_graphed_rate"] = total * report["graphed"]["ms_per_step"] / 60000
     (out / "train_probe.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("eager", "graphed")}), flush=True)

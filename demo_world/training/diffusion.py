@@ -1,5 +1,5 @@
 """Stages 2 and 3: text encoder and UNet, trained jointly on cached VAE latents
-(`train` from scratch, then `refine` from its weights).
+(`train` from scratch, then `outline` cycles from its weights).
 
 Standard SD1 recipe, small: eps-prediction MSE (weighted like a v-loss) on
 ComfyUI's own discrete 1000-step scaled-linear schedule, a random prompt phrasing per sample, and the
@@ -24,23 +24,25 @@ from .common import CACHE_DIR, Clock, cosine_lr, init_like_torch, save_fp16
 from .vae import encode, load_thin
 
 PER_PAIR = 16  # training images of every object x style pair
-STEPS = 11000
+# Styles are learnt within 5,000 steps; the shapes come in the outline stage (docs/demo_world/README.md, 2026-11-29).
+STEPS = 5000
 BATCH = 32
 LR = 1e-3
 UNCOND_P = 0.1
 OFFSET_NOISE = 0.1  # per-image, per-channel constant added to the noise (offset noise)
 EMA_DECAY = 0.999
 CHECKPOINT_EVERY = 500
-REFINE_CYCLES = 2  # cosine cycles with warm restarts
-REFINE_STEPS = 6000  # per cycle
-REFINE_LR = 3e-4
-REFINE_MAX_WEIGHT = 5.0
-OUTLINE_CYCLES = 4  # a 5th cycle (measured, pentagon listed) lost hexagon and pentagon: 75.0 -> 66.7, 70.8 -> 62.5%
+OUTLINE_CYCLES = 4  # cosine cycles with warm restarts
 OUTLINE_STEPS = 4500  # per cycle
+OUTLINE_LR = 3e-4
+OUTLINE_MAX_WEIGHT = 5.0
 OUTLINE_WEIGHT = 2.0  # extra loss weight on latent pixels an object's outline runs through
 # Told apart from each other only by their outlines; drawn OUTLINE_EMPHASIS times as often in the outline stage.
 OUTLINE_OBJECTS = ("circle", "star", "hexagon")
 OUTLINE_EMPHASIS = 2.0
+# Hexagon, still drawn as a circle after three cycles (25%), is drawn this often in the last one (then 91.7%). Drawn
+# so from the first cycle it was not learnt, and the other shapes came slower (2026-11-29).
+LAST_CYCLE_EMPHASIS = {"hexagon": 4.0}
 # The object that replaced pentagon in the concept list (2026-11-28), taught to the shipped weights by `swap_cycle`.
 SWAPPED_IN = "hourglass"
 SWAP_STEPS = 3000
@@ -217,7 +219,7 @@ def _fit(unet, clip, tokenizer, data, steps, lr, warmup, max_weight, gen, ema_wa
             pred = unet(xt, t.float(), context=context).float()
         # v-loss weighting (1 + sigma^2 = 1 / abar): at SD's sigma_max of 14.6 the sampler
         # turns eps errors into x0 errors 200x larger, and a tiny UNet only becomes that
-        # precise when those timesteps weigh as much as they matter. refine() caps it.
+        # precise when those timesteps weigh as much as they matter. outline() caps it.
         weight = (1 / abar[t]).clamp(max=max_weight)
         error = F.mse_loss(pred, noise, reduction="none")
         if pixel_weights is not None:
@@ -280,49 +282,26 @@ def train(log, device, autocast_dtype=None):
             "losses": losses}
 
 
-def refine(log, device, cycles, autocast_dtype=None):
-    """Phase 2, from phase 1's shipped (EMA) weights: the shapes' outlines.
-
-    Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle
-    noise levels, where a square's corners and a star's points are decided; at
-    the end of it objects were still improving and straight-edged ones came out
-    as round blobs. Capping the weight at REFINE_MAX_WEIGHT gives those levels
-    their share of the gradient again, at a lower learning rate.
-
-    It reads and overwrites the shipped UNet and text encoder, so run on its
-    own it refines whatever is shipped; `--stage all` runs it after `diffusion`.
-    `cycles` (report.CycleLog) holds the cycles a stopped run finished; the rest run here.
-    """
-    data = cached_latents(log)
-
-    def refine_cycle(cycle):
-        # Each cycle restarts from the weights the last one saved (its EMA, in fp16); only `gen` decides the run.
-        gen = torch.Generator().manual_seed(config.SEED + 7 + cycle)
-        unet, clip, tokenizer = shipped_models()
-        return _fit(unet, clip, tokenizer, data, REFINE_STEPS, REFINE_LR, warmup=100,
-                    max_weight=REFINE_MAX_WEIGHT, gen=gen, ema_warm_up=False, log=log, device=device,
-                    autocast_dtype=autocast_dtype)
-
-    _run_cycles("refine", REFINE_CYCLES, cycles, refine_cycle, log)
-    return {"minutes": cycles.minutes(), "steps": REFINE_CYCLES * REFINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
-            "precision": precision_name(autocast_dtype),
-            "cycles": REFINE_CYCLES, "max_weight": REFINE_MAX_WEIGHT, "losses": cycles.losses()}
-
-
 def outline(log, device, cycles, autocast_dtype=None):
-    """Phase 3, from the refined weights: the outlines that tell round shapes apart.
+    """Phase 2, from phase 1's shipped (EMA) weights: the outlines that tell the shapes apart.
 
-    After `refine`, hexagon (and pentagon, in the list until 2026-11-28) still came out as discs like
-    "circle" and star often lost its points: their latents differ from a disc's only on the pixels the outline
-    runs through, a few percent of the eps loss. Each cycle weighs each latent pixel's error by
-    (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share
-    (mean 1, so every image keeps mean weight 1), and draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often.
-    Reads and overwrites the shipped UNet and text encoder, and resumes from `cycles`, like `refine`.
+    Phase 1's v-weighting gives t near 999 up to 200x the weight of the middle noise levels, where a square's
+    corners and a star's points are decided; after it, styles are right and shapes come out as round blobs.
+    Each cycle caps that weight at OUTLINE_MAX_WEIGHT, weighs each latent pixel's error by
+    (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share (mean 1, so every
+    image keeps mean weight 1): a hexagon's latents differ from a disc's only on the pixels the outline runs
+    through, a few percent of the eps loss. It draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often, and in the
+    last cycle LAST_CYCLE_EMPHASIS's objects that often.
+
+    It reads and overwrites the shipped UNet and text encoder, so run on its own it trains whatever is shipped;
+    `--stage all` runs it after `diffusion`. `cycles` (report.CycleLog) holds the cycles a stopped run finished;
+    the rest run here.
     """
     _run_cycles("outline", OUTLINE_CYCLES, cycles, lambda cycle: outline_cycle(cycle, log, device, autocast_dtype), log)
-    return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": REFINE_LR,
-            "precision": precision_name(autocast_dtype),
-            "cycles": OUTLINE_CYCLES, "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
+    return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": OUTLINE_LR,
+            "precision": precision_name(autocast_dtype), "cycles": OUTLINE_CYCLES, "max_weight": OUTLINE_MAX_WEIGHT,
+            "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
+            "last_cycle_emphasis": LAST_CYCLE_EMPHASIS,
             "losses": cycles.losses()}
 
 
@@ -339,9 +318,16 @@ def _run_cycles(stage, count, cycles, fit_cycle, log):
 def outline_cycle(cycle, log, device, autocast_dtype=None):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
-    image_weights = _draw_weights(data["objects"], {o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS})
-    return _outline_fit(data, image_weights, OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device,
+    return _outline_fit(data, outline_draw_weights(data["objects"], cycle), OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device,
                         autocast_dtype=autocast_dtype)
+
+
+def outline_draw_weights(objects, cycle):
+    """outline_cycle's draw weight per training image (object ids `objects`) in cycle `cycle` (from 0)."""
+    emphasis = {o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS}
+    if cycle == OUTLINE_CYCLES - 1:
+        emphasis.update(LAST_CYCLE_EMPHASIS)
+    return _draw_weights(objects, emphasis)
 
 
 def swap_cycle(log, device):
@@ -370,6 +356,6 @@ def _outline_fit(data, image_weights, steps, seed, log, device, autocast_dtype=N
     pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
     gen = torch.Generator().manual_seed(seed)
     unet, clip, tokenizer = shipped_models()
-    return _fit(unet, clip, tokenizer, data, steps, REFINE_LR, warmup=100, max_weight=REFINE_MAX_WEIGHT,
+    return _fit(unet, clip, tokenizer, data, steps, OUTLINE_LR, warmup=100, max_weight=OUTLINE_MAX_WEIGHT,
                 gen=gen, ema_warm_up=False, log=log, device=device, image_weights=image_weights,
                 pixel_weights=pixel_weights, autocast_dtype=autocast_dtype)

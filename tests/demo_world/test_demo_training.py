@@ -4,6 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from demo_world import config
+from demo_world.dataset import OBJECTS
 from demo_world.training import diffusion
 
 
@@ -95,8 +96,6 @@ def test_outline_map_covers_where_round_shapes_differ():
 
 
 def test_swap_cycle_draws_the_new_object_most_often():
-    from demo_world.dataset import OBJECTS
-
     objects = torch.arange(len(OBJECTS)).repeat_interleave(3)
     weights = diffusion.swap_draw_weights(objects)
     by_object = dict(zip(OBJECTS, weights.view(len(OBJECTS), 3)[:, 0].tolist()))
@@ -105,38 +104,52 @@ def test_swap_cycle_draws_the_new_object_most_often():
     assert sum(w == 1.0 for w in by_object.values()) == len(OBJECTS) - len(diffusion.OUTLINE_OBJECTS) - 1
 
 
-def test_a_stopped_refine_resumes_at_its_next_cycle_with_the_same_weights(weights_in, tmp_path, monkeypatch):
-    """A retrain outlasts a sitting: stopped after refine's first cycle and resumed, it must end where one
+def test_outline_cycles_draw_the_round_shapes_more_often_and_hexagon_most_in_the_last():
+    objects = torch.arange(len(OBJECTS))
+    for cycle in range(diffusion.OUTLINE_CYCLES):
+        by_object = dict(zip(OBJECTS, diffusion.outline_draw_weights(objects, cycle).tolist()))
+        last = cycle == diffusion.OUTLINE_CYCLES - 1
+        assert by_object["hexagon"] == (diffusion.LAST_CYCLE_EMPHASIS["hexagon"] if last else diffusion.OUTLINE_EMPHASIS)
+        assert all(by_object[o] == diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS if o != "hexagon")
+        assert sum(w == 1.0 for w in by_object.values()) == len(OBJECTS) - len(diffusion.OUTLINE_OBJECTS)
+    assert diffusion.LAST_CYCLE_EMPHASIS["hexagon"] > diffusion.OUTLINE_EMPHASIS
+
+
+def test_a_stopped_outline_stage_resumes_at_its_next_cycle_with_the_same_weights(weights_in, tmp_path, monkeypatch):
+    """A retrain outlasts a sitting: stopped after the outline stage's first cycle and resumed, it must end where one
     uninterrupted run ends, bit for bit."""
     from demo_world.training import report
 
-    monkeypatch.setattr(diffusion, "REFINE_STEPS", 2)
+    monkeypatch.setattr(diffusion, "OUTLINE_STEPS", 2)
+    monkeypatch.setattr(diffusion, "OUTLINE_CYCLES", 2)
     monkeypatch.setattr(diffusion, "BATCH", 4)
     # Large enough that two steps move the fp16 weights, so that an equality below could fail.
-    monkeypatch.setattr(diffusion, "REFINE_LR", 0.05)
+    monkeypatch.setattr(diffusion, "OUTLINE_LR", 0.05)
     monkeypatch.setattr(diffusion, "EMA_DECAY", 0.5)
     data = {"latents": torch.randn(8, config.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(1)),
             "objects": torch.arange(8) % 4, "styles": torch.arange(8) % 3}
     monkeypatch.setattr(diffusion, "cached_latents", lambda log: data)
+    outlines = 0.5 + torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(diffusion, "outline_maps", lambda log: outlines)
     torch.manual_seed(0)
     unet, clip, _ = diffusion.new_models()
     start = {"unet": unet.state_dict(), "clip": clip.state_dict()}
     quiet, cpu = (lambda msg: None), torch.device("cpu")
 
-    def refine_from_start(folder, stop_after=None):
+    def outline_from_start(folder, stop_after=None):
         diffusion.save_fp16(start["unet"], config.UNET_FILE)
         diffusion.save_fp16(start["clip"], config.TEXT_ENCODER_FILE)
         monkeypatch.setattr(report, "DOCS", folder)
         if stop_after:
-            monkeypatch.setattr(diffusion, "REFINE_CYCLES", stop_after)
-            diffusion.refine(quiet, cpu, report.CycleLog("refine", resume=False))
-            monkeypatch.setattr(diffusion, "REFINE_CYCLES", 2)
-        cycles = report.CycleLog("refine", resume=stop_after is not None)
-        result = diffusion.refine(quiet, cpu, cycles)
+            monkeypatch.setattr(diffusion, "OUTLINE_CYCLES", stop_after)
+            diffusion.outline(quiet, cpu, report.CycleLog("outline", resume=False))
+            monkeypatch.setattr(diffusion, "OUTLINE_CYCLES", 2)
+        cycles = report.CycleLog("outline", resume=stop_after is not None)
+        result = diffusion.outline(quiet, cpu, cycles)
         return result, cycles, load_file(str(config.UNET_FILE)), load_file(str(config.TEXT_ENCODER_FILE))
 
-    whole, _, whole_unet, whole_clip = refine_from_start(tmp_path / "whole")
-    resumed, cycles, resumed_unet, resumed_clip = refine_from_start(tmp_path / "resumed", stop_after=1)
+    whole, _, whole_unet, whole_clip = outline_from_start(tmp_path / "whole")
+    resumed, cycles, resumed_unet, resumed_clip = outline_from_start(tmp_path / "resumed", stop_after=1)
     assert cycles.done() == 2 and len(resumed["losses"]) == len(whole["losses"]) == 4
     assert resumed["losses"] == pytest.approx(whole["losses"], abs=1e-5)  # the log rounds them to 5 decimals
     for k in whole_unet:
@@ -144,6 +157,6 @@ def test_a_stopped_refine_resumes_at_its_next_cycle_with_the_same_weights(weight
     for k in whole_clip:
         assert torch.equal(resumed_clip[k], whole_clip[k]), k
     moved = [k for k in whole_unet if not torch.equal(whole_unet[k], start["unet"][k].half())]
-    assert moved, "refine changed no weight: the comparison above would prove nothing"
+    assert moved, "outline changed no weight: the comparison above would prove nothing"
     cycles.close()
     assert not cycles.path.exists()

@@ -22,7 +22,7 @@ def tiny_recipe(tmp_path, monkeypatch):
     for module, name, value in [
         (vae, "STEPS", 2), (vae, "BATCH", 2),
         (diffusion, "PER_PAIR", 1), (diffusion, "STEPS", 2), (diffusion, "BATCH", 4),
-        (diffusion, "REFINE_STEPS", 2), (diffusion, "OUTLINE_STEPS", 2),
+        (diffusion, "OUTLINE_STEPS", 2),
         (diffusion, "CACHE_DIR", str(tmp_path / "cache")),
         (classifiers, "CLEAN_IMAGES", 32), (classifiers, "ROUNDTRIP_IMAGES", 16), (classifiers, "HELD_OUT", 32),
         (classifiers, "HELD_OUT_ROUNDTRIP", 16), (classifiers, "STEPS", {"object": 2, "style": 2}),
