@@ -75,7 +75,7 @@ def summary_markdown(result):
                      f"| {s} | {result['per_style'][s]:.1%} | {result['steady_per_style'][s]:.1%} |")
     lines += ["", f"Generating one 128x128 image (prompt encode + 20 steps + decode, batch 1): "
                   f"{result['one_image_seconds']:.2f} s.",
-              f"Shipped weights: {result['weights_mb']:.1f} MB ({', '.join(result['weight_files'])}).", "",
+              f"Shipped weights: {result['weights_mb']:.1f} MiB ({', '.join(result['weight_files'])}).", "",
               "![samples](samples.png)", "",
               f"Samples: `{PROMPT_TEMPLATES[0]}`, seed {SEEDS[0]}; objects across, styles down. "
               "The procedural training images in the same layout:", "",
@@ -116,9 +116,9 @@ def run(log):
     result["one_image_seconds"] = one_image_seconds(model, clip, vae)
     files = sorted(config.WEIGHTS_DIR.glob("*.safetensors"))
     result["weights_mb"] = sum(f.stat().st_size for f in files) / 2 ** 20
-    result["weight_files"] = [f"{f.name} {f.stat().st_size / 2 ** 20:.1f} MB" for f in files]
+    result["weight_files"] = [f"{f.name} {f.stat().st_size / 2 ** 20:.1f} MiB" for f in files]
     result["minutes"] = clock.minutes()
     result["summary"] = summary_markdown(result)
     log(f"object acc {result['object_acc']:.3f} style acc {result['style_acc']:.3f} "
-        f"one image {result['one_image_seconds']:.2f} s weights {result['weights_mb']:.1f} MB")
+        f"one image {result['one_image_seconds']:.2f} s weights {result['weights_mb']:.1f} MiB")
     return result
