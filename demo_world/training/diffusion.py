@@ -318,8 +318,8 @@ def _run_cycles(stage, count, cycles, fit_cycle, log):
 def outline_cycle(cycle, log, device, autocast_dtype=None):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
-    return _outline_fit(data, outline_draw_weights(data["objects"], cycle), OUTLINE_STEPS, seed=config.SEED + 20 + cycle, log=log, device=device,
-                        autocast_dtype=autocast_dtype)
+    return _outline_fit(data, outline_draw_weights(data["objects"], cycle), OUTLINE_STEPS,
+                        seed=config.SEED + 20 + cycle, log=log, device=device, autocast_dtype=autocast_dtype)
 
 
 def outline_draw_weights(objects, cycle):

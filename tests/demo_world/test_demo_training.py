@@ -109,10 +109,15 @@ def test_outline_cycles_draw_the_round_shapes_more_often_and_hexagon_most_in_the
     for cycle in range(diffusion.OUTLINE_CYCLES):
         by_object = dict(zip(OBJECTS, diffusion.outline_draw_weights(objects, cycle).tolist()))
         last = cycle == diffusion.OUTLINE_CYCLES - 1
-        assert by_object["hexagon"] == (diffusion.LAST_CYCLE_EMPHASIS["hexagon"] if last else diffusion.OUTLINE_EMPHASIS)
+        expected = diffusion.LAST_CYCLE_EMPHASIS["hexagon"] if last else diffusion.OUTLINE_EMPHASIS
+        assert by_object["hexagon"] == expected
         assert all(by_object[o] == diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS if o != "hexagon")
         assert sum(w == 1.0 for w in by_object.values()) == len(OBJECTS) - len(diffusion.OUTLINE_OBJECTS)
     assert diffusion.LAST_CYCLE_EMPHASIS["hexagon"] > diffusion.OUTLINE_EMPHASIS
+
+
+class Stopped(Exception):
+    pass
 
 
 def test_a_stopped_outline_stage_resumes_at_its_next_cycle_with_the_same_weights(weights_in, tmp_path, monkeypatch):
@@ -126,8 +131,11 @@ def test_a_stopped_outline_stage_resumes_at_its_next_cycle_with_the_same_weights
     # Large enough that two steps move the fp16 weights, so that an equality below could fail.
     monkeypatch.setattr(diffusion, "OUTLINE_LR", 0.05)
     monkeypatch.setattr(diffusion, "EMA_DECAY", 0.5)
+    # Hexagon among the objects: the last cycle draws it more often, so a resume that lost track of which cycle
+    # is the last would draw differently.
+    objects = torch.tensor([OBJECTS.index(o) for o in ("circle", "square", "hexagon", "star")]).repeat(2)
     data = {"latents": torch.randn(8, config.LATENT_CHANNELS, 16, 16, generator=torch.Generator().manual_seed(1)),
-            "objects": torch.arange(8) % 4, "styles": torch.arange(8) % 3}
+            "objects": objects, "styles": torch.arange(8) % 3}
     monkeypatch.setattr(diffusion, "cached_latents", lambda log: data)
     outlines = 0.5 + torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     monkeypatch.setattr(diffusion, "outline_maps", lambda log: outlines)
@@ -140,10 +148,18 @@ def test_a_stopped_outline_stage_resumes_at_its_next_cycle_with_the_same_weights
         diffusion.save_fp16(start["unet"], config.UNET_FILE)
         diffusion.save_fp16(start["clip"], config.TEXT_ENCODER_FILE)
         monkeypatch.setattr(report, "DOCS", folder)
-        if stop_after:
-            monkeypatch.setattr(diffusion, "OUTLINE_CYCLES", stop_after)
-            diffusion.outline(quiet, cpu, report.CycleLog("outline", resume=False))
-            monkeypatch.setattr(diffusion, "OUTLINE_CYCLES", 2)
+        if stop_after:  # stopped the way a killed run stops: inside the next cycle, before it saves
+            fit_cycle = diffusion.outline_cycle
+
+            def stopping_cycle(cycle, *args, **kwargs):
+                if cycle == stop_after:
+                    raise Stopped
+                return fit_cycle(cycle, *args, **kwargs)
+
+            monkeypatch.setattr(diffusion, "outline_cycle", stopping_cycle)
+            with pytest.raises(Stopped):
+                diffusion.outline(quiet, cpu, report.CycleLog("outline", resume=False))
+            monkeypatch.setattr(diffusion, "outline_cycle", fit_cycle)
         cycles = report.CycleLog("outline", resume=stop_after is not None)
         result = diffusion.outline(quiet, cpu, cycles)
         return result, cycles, load_file(str(config.UNET_FILE)), load_file(str(config.TEXT_ENCODER_FILE))
