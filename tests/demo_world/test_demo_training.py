@@ -106,14 +106,13 @@ def test_swap_cycle_draws_the_new_object_most_often():
 
 def test_outline_cycles_draw_the_round_shapes_more_often_and_hexagon_most_in_the_late_ones():
     objects = torch.arange(len(OBJECTS))
-    hexagon = [dict(zip(OBJECTS, diffusion.outline_draw_weights(objects, cycle).tolist()))["hexagon"]
-               for cycle in range(diffusion.OUTLINE_CYCLES)]
+    by_cycle = [dict(zip(OBJECTS, diffusion.outline_draw_weights(objects, cycle).tolist()))
+                for cycle in range(diffusion.OUTLINE_CYCLES)]
     early = diffusion.OUTLINE_CYCLES - diffusion.LATE_CYCLES
-    assert 0 < early and hexagon == [diffusion.OUTLINE_EMPHASIS] * early + [diffusion.LATE_EMPHASIS["hexagon"]] * (
-        diffusion.LATE_CYCLES)
+    assert 0 < early and [by_object["hexagon"] for by_object in by_cycle] == (
+        [diffusion.OUTLINE_EMPHASIS] * early + [diffusion.LATE_EMPHASIS["hexagon"]] * diffusion.LATE_CYCLES)
     assert diffusion.LATE_EMPHASIS["hexagon"] > diffusion.OUTLINE_EMPHASIS
-    for cycle in range(diffusion.OUTLINE_CYCLES):
-        by_object = dict(zip(OBJECTS, diffusion.outline_draw_weights(objects, cycle).tolist()))
+    for by_object in by_cycle:
         assert all(by_object[o] == diffusion.OUTLINE_EMPHASIS for o in diffusion.OUTLINE_OBJECTS if o != "hexagon")
         assert sum(w == 1.0 for w in by_object.values()) == len(OBJECTS) - len(diffusion.OUTLINE_OBJECTS)
 
