@@ -8,7 +8,6 @@ weights are an exponential moving average of the trained ones, which samples
 far cleaner than the last step's weights of so short a run.
 """
 import hashlib
-import math
 import os
 import types
 
@@ -46,9 +45,6 @@ OUTLINE_EMPHASIS = 2.0
 # 6x in the last two, 70.8% (76.0%). Drawn 4x from the first cycle it was not learnt, and the other shapes came slower.
 LATE_EMPHASIS = {"hexagon": 6.0}
 LATE_CYCLES = 2
-# The outline weight treats a hexagon's whole outline alike, yet it differs from the circle it is drawn as only where
-# it departs from a disc (corner_map); in the late cycles LATE_EMPHASIS's images weigh those latent pixels this much more.
-LATE_CORNER_WEIGHT = 2.0
 # The object that replaced pentagon in the concept list (2026-11-28), taught to the shipped weights by `swap_cycle`.
 SWAPPED_IN = "hourglass"
 SWAP_STEPS = 3000
@@ -77,23 +73,14 @@ def cached_latents(log):
 
 
 def outline_maps(log):
-    """Per training image (cached_latents' order), where its object's outline runs (outline_map): [N, 1, h, w]."""
-    return _mask_maps("outlines", outline_map, log)
-
-
-def corner_maps(log):
-    """Per training image (cached_latents' order), where its object departs from a disc (corner_map): [N, 1, h, w]."""
-    return _mask_maps("corners", corner_map, log)
-
-
-def _mask_maps(name, map_of_masks, log):
-    """map_of_masks of the training images' object masks, computed once per data recipe."""
-    path = os.path.join(CACHE_DIR, f"{name}_{_data_recipe()}.pt")
+    """Per training image (cached_latents' order), where its object's outline runs, at latent
+    resolution: [N, 1, h, w], the share of each latent pixel's 8x8 patch on the outline, mean 1 per image."""
+    path = os.path.join(CACHE_DIR, f"outlines_{_data_recipe()}.pt")
     if os.path.exists(path):
         return torch.load(path)
-    log(f"drawing the {name} of the training images")
+    log("drawing the outlines of the training images")
     _, masks, _, _ = make_grid_set_with_masks(PER_PAIR, seed=config.SEED + 10)
-    maps = map_of_masks(torch.from_numpy(masks))
+    maps = outline_map(torch.from_numpy(masks))
     os.makedirs(CACHE_DIR, exist_ok=True)
     torch.save(maps, path)
     return maps
@@ -107,20 +94,6 @@ def outline_map(masks):
     outline = (m - F.avg_pool2d(m, 9, stride=1, padding=4, count_include_pad=False)).abs()
     per_pixel = F.avg_pool2d(outline, config.DOWNSCALE)
     return per_pixel / per_pixel.mean(dim=(2, 3), keepdim=True)
-
-
-def corner_map(masks):
-    """Object masks [N, H, W] in [0, 1] -> [N, 1, H/8, W/8]: how much of each latent pixel's patch lies where the
-    shape departs from the disc of its own area and centre (a hexagon's corners and the middles of its sides), scaled
-    to mean 1 per image. Meant for shapes with corners: a circle's map is its rasterisation noise, scaled up."""
-    m = masks.float()
-    ys, xs = torch.meshgrid(*(torch.arange(n) + 0.5 for n in m.shape[1:]), indexing="ij")
-    area = m.sum(dim=(1, 2))
-    cy, cx = ((m * c).sum(dim=(1, 2)) / area for c in (ys, xs))
-    distance = ((ys - cy[:, None, None]) ** 2 + (xs - cx[:, None, None]) ** 2).sqrt()
-    disc = ((area / math.pi).sqrt()[:, None, None] - distance + 0.5).clamp(0, 1)  # edge anti-aliased over a pixel
-    per_pixel = F.avg_pool2d((m - disc).abs()[:, None], config.DOWNSCALE)
-    return per_pixel / per_pixel.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)  # a perfect disc: all 0
 
 
 def prompt_tokens(tokenizer):
@@ -320,7 +293,7 @@ def outline(log, device, cycles, autocast_dtype=None):
     (1 + OUTLINE_WEIGHT * outline) / (1 + OUTLINE_WEIGHT), outline being outline_maps' share (mean 1, so every
     image keeps mean weight 1): a hexagon's latents differ from a disc's only on the pixels the outline runs
     through, a few percent of the eps loss. It draws OUTLINE_OBJECTS OUTLINE_EMPHASIS times as often, and in the
-    last LATE_CYCLES cycles LATE_EMPHASIS's objects that often, their corners weighed more (outline_pixel_weights).
+    last LATE_CYCLES cycles LATE_EMPHASIS's objects that often.
 
     It reads and overwrites the shipped UNet and text encoder, so run on its own it trains whatever is shipped;
     `--stage all` runs it after `diffusion`. `cycles` (report.CycleLog) holds the cycles a stopped run finished;
@@ -330,7 +303,7 @@ def outline(log, device, cycles, autocast_dtype=None):
     return {"minutes": cycles.minutes(), "steps": OUTLINE_CYCLES * OUTLINE_STEPS, "batch": BATCH, "lr": OUTLINE_LR,
             "precision": precision_name(autocast_dtype), "cycles": OUTLINE_CYCLES, "max_weight": OUTLINE_MAX_WEIGHT,
             "outline_weight": OUTLINE_WEIGHT, "outline_objects": list(OUTLINE_OBJECTS),
-            "late_emphasis": LATE_EMPHASIS, "late_cycles": LATE_CYCLES, "late_corner_weight": LATE_CORNER_WEIGHT,
+            "late_emphasis": LATE_EMPHASIS, "late_cycles": LATE_CYCLES,
             "losses": cycles.losses()}
 
 
@@ -347,38 +320,16 @@ def _run_cycles(stage, count, cycles, fit_cycle, log):
 def outline_cycle(cycle, log, device, autocast_dtype=None):
     """One cosine cycle of `outline` from the weights on disk; returns its eps-MSE per step."""
     data = cached_latents(log)
-    return _outline_fit(data, outline_draw_weights(data["objects"], cycle),
-                        outline_pixel_weights(data["objects"], cycle, log), OUTLINE_STEPS,
+    return _outline_fit(data, outline_draw_weights(data["objects"], cycle), OUTLINE_STEPS,
                         seed=config.SEED + 20 + cycle, log=log, device=device, autocast_dtype=autocast_dtype)
-
-
-def _is_late(cycle):
-    return cycle >= OUTLINE_CYCLES - LATE_CYCLES
 
 
 def outline_draw_weights(objects, cycle):
     """outline_cycle's draw weight per training image (object ids `objects`) in cycle `cycle` (from 0)."""
     emphasis = {o: OUTLINE_EMPHASIS for o in OUTLINE_OBJECTS}
-    if _is_late(cycle):
+    if cycle >= OUTLINE_CYCLES - LATE_CYCLES:
         emphasis.update(LATE_EMPHASIS)
     return _draw_weights(objects, emphasis)
-
-
-def outline_pixel_weights(objects, cycle, log):
-    """outline_cycle's loss weight per latent pixel [N, 1, h, w], mean 1 per image: (1 + OUTLINE_WEIGHT * outline)
-    / (1 + OUTLINE_WEIGHT); in the late cycles LATE_EMPHASIS's images add LATE_CORNER_WEIGHT * corner (corner_maps)
-    above and below the line."""
-    if not _is_late(cycle):
-        return _outline_weights(log)
-    corner_weight = torch.zeros(len(objects), 1, 1, 1)
-    for name in LATE_EMPHASIS:
-        corner_weight[objects == OBJECTS.index(name)] = LATE_CORNER_WEIGHT
-    return (1 + OUTLINE_WEIGHT * outline_maps(log) + corner_weight * corner_maps(log)) / (
-        1 + OUTLINE_WEIGHT + corner_weight)
-
-
-def _outline_weights(log):
-    return (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
 
 
 def swap_cycle(log, device):
@@ -386,8 +337,8 @@ def swap_cycle(log, device):
     from the weights on disk, SWAPPED_IN's images drawn SWAP_EMPHASIS times as often and OUTLINE_OBJECTS'
     OUTLINE_EMPHASIS times. A retrain from scratch has the new list from its first step and does not need it."""
     data = cached_latents(log)
-    return _outline_fit(data, swap_draw_weights(data["objects"]), _outline_weights(log), SWAP_STEPS,
-                        seed=config.SEED + 30, log=log, device=device)
+    return _outline_fit(data, swap_draw_weights(data["objects"]), SWAP_STEPS, seed=config.SEED + 30, log=log,
+                        device=device)
 
 
 def swap_draw_weights(objects):
@@ -403,7 +354,8 @@ def _draw_weights(objects, emphasis):
     return weights
 
 
-def _outline_fit(data, image_weights, pixel_weights, steps, seed, log, device, autocast_dtype=None):
+def _outline_fit(data, image_weights, steps, seed, log, device, autocast_dtype=None):
+    pixel_weights = (1 + OUTLINE_WEIGHT * outline_maps(log)) / (1 + OUTLINE_WEIGHT)
     gen = torch.Generator().manual_seed(seed)
     unet, clip, tokenizer = shipped_models()
     return _fit(unet, clip, tokenizer, data, steps, OUTLINE_LR, warmup=100, max_weight=OUTLINE_MAX_WEIGHT,

@@ -95,48 +95,6 @@ def test_outline_map_covers_where_round_shapes_differ():
     assert maps[0, 0, centre[0], centre[1]] == 0  # the inside of a shape carries no outline
 
 
-def test_corner_map_marks_where_a_hexagon_departs_from_a_disc():
-    # The late outline cycles weigh these pixels more for hexagon, which is drawn as a circle.
-    import numpy as np
-
-    from demo_world.dataset import object_mask
-
-    masks = {o: torch.from_numpy(object_mask(o, np.random.default_rng(3))) for o in ("circle", "hexagon")}
-    both = torch.stack(list(masks.values()))
-    corners, outlines = diffusion.corner_map(both), diffusion.outline_map(both)
-    assert corners.shape == (2, 1, 16, 16)
-    torch.testing.assert_close(corners.mean(dim=(1, 2, 3)), torch.ones(2))
-    differ = torch.nn.functional.avg_pool2d((masks["hexagon"] - masks["circle"]).abs()[None, None], 8)[0, 0] > 0.01
-    centre = masks["hexagon"].nonzero().float().mean(0).div(8).long()
-    assert corners[1, 0, centre[0], centre[1]] == 0
-    # Narrower than the outline: more of its weight falls where the hexagon differs from the circle of the same seed.
-    share = {name: m[1, 0][differ].sum() / m[1, 0].sum() for name, m in (("corner", corners), ("outline", outlines))}
-    assert share["corner"] > max(0.95, share["outline"]), share
-    assert (corners[1] > 0).sum() < (outlines[1] > 0).sum()
-
-
-def test_late_outline_cycles_weigh_the_hexagons_corners_more(monkeypatch):
-    objects = torch.arange(len(OBJECTS))
-    gen = torch.Generator().manual_seed(0)
-    outlines, corners = (m / m.mean(dim=(1, 2, 3), keepdim=True) for m in torch.rand(2, len(OBJECTS), 1, 16, 16,
-                                                                                     generator=gen))
-    monkeypatch.setattr(diffusion, "outline_maps", lambda log: outlines)
-    monkeypatch.setattr(diffusion, "corner_maps", lambda log: corners)
-    plain = (1 + diffusion.OUTLINE_WEIGHT * outlines) / (1 + diffusion.OUTLINE_WEIGHT)
-    hexagon = OBJECTS.index("hexagon")
-    for cycle in range(diffusion.OUTLINE_CYCLES):
-        weights = diffusion.outline_pixel_weights(objects, cycle, log=None)
-        torch.testing.assert_close(weights.mean(dim=(1, 2, 3)), torch.ones(len(OBJECTS)))
-        others = [i for i in range(len(OBJECTS)) if i != hexagon]
-        torch.testing.assert_close(weights[others], plain[others])
-        if cycle < diffusion.OUTLINE_CYCLES - diffusion.LATE_CYCLES:
-            torch.testing.assert_close(weights[hexagon], plain[hexagon])
-        else:  # the hexagon's pixels move towards its corner map
-            moved = (weights[hexagon] - plain[hexagon]).flatten()
-            toward = (corners[hexagon] - plain[hexagon]).flatten()
-            assert torch.dot(moved, toward) > 0 and moved.abs().max() > 0.1
-
-
 def test_swap_cycle_draws_the_new_object_most_often():
     objects = torch.arange(len(OBJECTS)).repeat_interleave(3)
     weights = diffusion.swap_draw_weights(objects)
@@ -183,8 +141,6 @@ def test_a_stopped_outline_stage_resumes_at_its_next_cycle_with_the_same_weights
     monkeypatch.setattr(diffusion, "cached_latents", lambda log: data)
     outlines = 0.5 + torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     monkeypatch.setattr(diffusion, "outline_maps", lambda log: outlines)
-    corners = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2
-    monkeypatch.setattr(diffusion, "corner_maps", lambda log: corners)
     torch.manual_seed(0)
     unet, clip, _ = diffusion.new_models()
     start = {"unet": unet.state_dict(), "clip": clip.state_dict()}
