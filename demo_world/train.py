@@ -23,6 +23,9 @@ from .training import report  # noqa: E402
 STAGES = ["vae", "diffusion", "outline", "classifiers", "evaluate"]
 CYCLED_STAGES = ("outline",)  # a stopped run resumes these at their next cycle
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# What torch reports for an x86 CPU below AVX-512: it has no bf16 arithmetic, and bf16 autocast is emulated there
+# (a 2-core AVX2 EPYC: 8.2 s a UNet step against 0.54 s in fp32; bench/results/train_precision_probe_avx2_2026-11-29.json).
+CPUS_WITHOUT_BF16 = ("DEFAULT", "NO AVX", "AVX2")
 
 
 def log(msg):
@@ -36,6 +39,15 @@ def machine(device):
         cpu = names[0] if names else cpu
     where = f"{cpu} ({os.cpu_count()} cores, shared), {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     return f"{torch.cuda.get_device_name(device)}; {where}" if device.type == "cuda" else where
+
+
+def precision_problem(precision, device):
+    """Why `precision` should not train on `device`, or None."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if precision == "bf16" and device.type == "cpu" and capability in CPUS_WITHOUT_BF16:
+        return (f"--precision bf16: this CPU has no bf16 arithmetic (torch reports {capability}), so bf16 autocast "
+                f"runs emulated, about 15x slower than fp32; use --precision fp32 here (bf16 needs AVX-512 or a GPU)")
+    return None
 
 
 def run_stage(stage, device, cycles, autocast_dtype):
@@ -64,7 +76,7 @@ def main():
                              "always made on the CPU")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                         help="arithmetic of the UNet stages' forward passes (weights, gradients and optimizer stay "
-                             "fp32); bf16 autocast is cheaper on a CPU with bf16 matrix units, see "
+                             "fp32); bf16 autocast is cheaper on a CPU with bf16 matrix units, refused on one without, see "
                              "docs/demo_world/README.md")
     parser.add_argument("--out", type=Path,
                         help="folder for the weights and the training report (default: over the shipped ones in "
@@ -73,11 +85,14 @@ def main():
                         help="continue a stopped run: skip the stages its training_stats.json holds, and continue "
                              "outline from its last finished cycle")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    problem = precision_problem(args.precision, device)
+    if problem:
+        parser.error(problem)
     if args.out:
         config.use_weights_dir(args.out)
         report.use_dir(args.out)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     finished = report.load_stats() if args.resume else {}
     for stage in STAGES if args.stage == "all" else [args.stage]:
         if stage in finished:

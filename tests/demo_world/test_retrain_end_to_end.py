@@ -66,3 +66,22 @@ def test_a_retrain_runs_every_stage_into_its_own_folder_and_resumes_past_them(ti
     train.main()
     assert {name: (out / name).stat().st_mtime_ns for name in WEIGHT_FILES} == written, \
         "a resumed retrain trained a finished stage again"
+
+
+@pytest.mark.parametrize("capability, refused", [("AVX2", True), ("AVX512", False)])
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_refused_before_anything_is_written(
+        capability, refused, tmp_path, monkeypatch, capsys):
+    from demo_world import train
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert (train.precision_problem("bf16", torch.device("cpu")) is not None) == refused
+    assert train.precision_problem("fp32", torch.device("cpu")) is None
+    assert train.precision_problem("bf16", torch.device("cuda")) is None
+    if refused:
+        out = tmp_path / "retrain"
+        monkeypatch.setattr(sys, "argv", ["train", "--out", str(out), "--device", "cpu", "--precision", "bf16"])
+        with pytest.raises(SystemExit) as stop:
+            train.main()
+        assert stop.value.code == 2
+        assert "--precision bf16" in capsys.readouterr().err and "AVX2" in train.precision_problem("bf16", torch.device("cpu"))
+        assert not out.exists()
