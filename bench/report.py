@@ -24,6 +24,27 @@ def _size(n) -> str:
     return f"{n / 2 ** 20:.2f} MB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KB"
 
 
+def fewer_targets(rows: list[dict], methods: list[str], reference: str = "SPARE") -> list[str]:
+    """A line for each method whose mean covers fewer targets than the table's others (the time budget stopped
+    the run before it reached them), with `reference`'s scores on just that method's targets: like for like."""
+    covered = {m: {tuple(r["targets"]) for r in rows if r["method"] == m} for m in methods}
+    every = set().union(*covered.values())
+    lines = []
+    for m in methods:
+        missing = sorted(every - covered[m])
+        if not missing:
+            continue
+        line = (f"**{m}** averages {len(covered[m])} of the {len(every)} targets (not "
+                f"{'; '.join(', '.join(t) for t in missing)}: the time budget ran out before them)")
+        same = summarize([r for r in rows if r["method"] == reference and tuple(r["targets"]) in covered[m]])
+        if m != reference and covered[m] <= covered.get(reference, set()) and "mean3" in same.get(reference, {}):
+            s = same[reference]
+            line += (f"; {reference} on the same {len(covered[m])}: UA {_pct(s['UA'])}, IRA {_pct(s['IRA'])}, "
+                     f"CRA {_pct(s['CRA'])}, mean {_pct(s['mean3'])}")
+        lines += ["", line + "."]
+    return lines
+
+
 def markdown(result: dict) -> str:
     rows = result["rows"]
     summary = summarize(rows)
@@ -65,10 +86,12 @@ def markdown(result: dict) -> str:
     ordered = [m for m in MAIN if m in summary] + [m for m in summary if m not in MAIN and not is_ablation(m)]
     for m in ordered:
         lines.append(line(m, summary[m]))
+    lines += fewer_targets(rows, ordered)
     ablated = [r for r in rows if is_ablation(r["method"])]
     if ablated:
         same = {tuple(r["targets"]) for r in ablated}
-        part = summarize([r for r in rows if r["method"] == "SPARE" and tuple(r["targets"]) in same] + ablated)
+        compared = [r for r in rows if r["method"] == "SPARE" and tuple(r["targets"]) in same] + ablated
+        part = summarize(compared)
         lines += ["", f"## Ablations (on {', '.join(', '.join(t) for t in sorted(same))}; SPARE on the same targets)", "",
                   "A variant trains on the latents its target's SPARE row drew (the same prompts and latent settings "
                   "give the same draw); their drawing time, measured there, is counted in the variant's time.", "",
@@ -77,6 +100,7 @@ def markdown(result: dict) -> str:
         for m, s in part.items():
             lines.append(f"| {m} | {_pct(s.get('UA'))} | {_pct(s.get('IRA'))} | {_pct(s.get('CRA'))} | {_pct(s.get('mean3'))} | "
                          f"{_num(s.get('seconds'))} | {_size(s.get('stored_bytes'))} | {_num(s.get('trainable_params'), '{:,.0f}')} |")
+        lines += fewer_targets(compared, list(part))
     tuning = result.get("tuning") or {}
     if tuning.get("trials"):
         lines += ["", f"## Tuning (on the tuning targets {result['tuning_targets']}; {tuning['minutes']:.1f} min)", "",

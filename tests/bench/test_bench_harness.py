@@ -145,6 +145,27 @@ def test_report_keeps_ablations_out_of_the_main_table():
     assert "| SPARE (uniform timesteps) | 70.0 |" in rest.split("## SPARE per stage")[0]
 
 
+def test_report_says_when_the_budget_left_a_variant_fewer_targets_and_compares_it_on_those():
+    from bench.report import markdown
+
+    def row(method, target, ua):
+        return {**ROWS[0], "method": method, "targets": [target], "surrogates": ["y"], "UA": ua, "IRA": 1.0, "CRA": 1.0}
+
+    # The budget ran out before one variant's second target: its mean covers one of the two the others cover.
+    rows = [row("SPARE", "a", 1.0), row("SPARE", "b", 0.5), row("SPARE (no retain term)", "a", 0.9),
+            row("SPARE (no retain term)", "b", 0.9), row("SPARE (uniform timesteps)", "a", 0.8)]
+    result = {"name": "t", "profile": vars(replace(QUICK)), "reported_targets": run.REPORTED_QUICK,
+              "tuning_targets": run.TUNING, "tuning": None, "configs": {}, "paper_configs": {}, "classifiers": True,
+              "rows": rows, "base": [], "minutes": 1.0, "curve": [], "multi": [], "skipped": []}
+    main_table, ablations = markdown(result).split("## Ablations", 1)
+    assert "averages" not in main_table
+    assert ("**SPARE (uniform timesteps)** averages 1 of the 2 targets (not b: the time budget ran out before them); "
+            "SPARE on the same 1: UA 100.0, IRA 100.0, CRA 100.0, mean 100.0.") in ablations
+    assert "**SPARE** averages" not in ablations and "**SPARE (no retain term)** averages" not in ablations
+    result["rows"] = rows + [row("SPARE (uniform timesteps)", "b", 0.4)]
+    assert "averages" not in markdown(result)
+
+
 def test_report_lists_every_tuning_trial_and_marks_the_chosen_one():
     from bench.report import markdown
 
